@@ -1,0 +1,331 @@
+"""The runner: executes one prepared notebook in a fresh kernel and leaves artifacts in its job dir.
+
+Two halves live here. :func:`run_job` is called by the orchestrator: it writes the job description
+and starts ``python -m grader.execute JOB_DIR`` as a separate process (sandboxed when the machine
+allows, see ``grader/sandbox.py``), with a hard deadline. The ``__main__`` half runs nbclient inside that
+process: a bootstrap cell first, then each student cell with its own timeout, going on after errors.
+
+Job dir layout::
+
+    job.json          what to run (written by the orchestrator)
+    input.ipynb       the prepared notebook
+    bootstrap.py      the code run in the kernel before student cells
+    home/             the kernel's cwd and HOME
+    artifacts/        written by the kernel: records.jsonl, models/, samples/
+    executed.ipynb    written by the runner after every cell
+    cells.json        per-cell outcomes, written by the runner after every cell
+    runner.log        the runner's and the kernel's stderr
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+import nbformat
+
+from grader.records import CellOutcome, to_jsonable, write_json_atomic
+
+CELL_OUTPUT_CAP = 1_000_000  # bytes of output kept per cell; the rest is dropped with a note
+NOTEBOOK_OUTPUT_CAP = 5_000_000
+TIMEOUT_ENAME = "GraderCellTimeout"
+PROBE_SECONDS = 15
+BOOTSTRAP_TIMEOUT = 300
+
+
+def write_job(
+    job_dir: Path,
+    notebook: nbformat.NotebookNode,
+    *,
+    data_dir: Path,
+    seed: int,
+    cell_timeout: float,
+    notebook_timeout: float,
+    parts: list[str],
+    threads: int | None = None,
+) -> None:
+    """Lay out a job dir for the runner."""
+    if job_dir.exists():
+        shutil.rmtree(job_dir)
+    (job_dir / "home").mkdir(parents=True)
+    (job_dir / "artifacts").mkdir()
+    nbformat.write(notebook, str(job_dir / "input.ipynb"))
+    shutil.copyfile(Path(__file__).with_name("bootstrap.py"), job_dir / "bootstrap.py")
+    write_json_atomic(
+        job_dir / "job.json",
+        {
+            "seed": seed,
+            "data_dir": str(data_dir),
+            "cell_timeout": cell_timeout,
+            "notebook_timeout": notebook_timeout,
+            "parts": parts,
+            "threads": threads,
+        },
+    )
+
+
+def run_job(job_dir: Path, notebook_timeout: float, grace: float = 60.0) -> tuple[int | None, str]:
+    """Run the runner process for a prepared job dir; return (exit code or None if killed, reason)."""
+    from grader import sandbox
+
+    command = [sys.executable, "-m", "grader.execute", str(job_dir)]
+    with open(job_dir / "runner.log", "ab") as log:
+        proc = subprocess.Popen(
+            sandbox.wrap(command, job_dir),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=sandbox.runner_env(job_dir),
+            cwd=job_dir,
+        )
+        try:
+            code = proc.wait(timeout=notebook_timeout + grace)
+            return code, ""
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return None, f"the runner did not finish within the notebook deadline ({notebook_timeout:.0f} s) and was killed"
+        except BaseException:
+            _kill_group(proc)
+            raise
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+# ----------------------------------------------------------------------------------------------
+# Inside the runner process
+# ----------------------------------------------------------------------------------------------
+
+
+def _make_client_class() -> type:
+    from nbclient import NotebookClient
+
+    class CappedClient(NotebookClient):  # type: ignore[misc]
+        """nbclient keeps every output in memory: cap what one cell and the whole notebook may keep."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._cell_bytes: dict[int, int] = {}
+            self._total_bytes = 0
+            self._capped: set[int] = set()
+
+        def output(self, outs: list[Any], msg: dict[str, Any], display_id: str | None, cell_index: int) -> Any:
+            size = len(json.dumps(msg.get("content", {}), default=str))
+            used = self._cell_bytes.get(cell_index, 0) + size
+            if used > CELL_OUTPUT_CAP or self._total_bytes + size > NOTEBOOK_OUTPUT_CAP:
+                if cell_index not in self._capped:
+                    self._capped.add(cell_index)
+                    outs.append(
+                        nbformat.v4.new_output(
+                            "stream",
+                            name="stderr",
+                            text="[grader] output limit reached: further output of this cell was dropped\n",
+                        )
+                    )
+                return None
+            self._cell_bytes[cell_index] = used
+            self._total_bytes += size
+            return super().output(outs, msg, display_id, cell_index)
+
+    return CappedClient
+
+
+def _bootstrap_source(job_dir: Path, data_dir: str, seed: int) -> str:
+    config = {"job_dir": str(job_dir / "artifacts"), "data_dir": data_dir, "seed": seed}
+    path = str(job_dir / "bootstrap.py")
+    return (
+        "def __grader_setup():\n"
+        "    import json\n"
+        f"    g = {{'__name__': 'grader_bootstrap', '__file__': {path!r}, 'get_ipython': get_ipython}}\n"
+        f"    exec(compile(open({path!r}).read(), {path!r}, 'exec'), g)\n"
+        f"    g['install'](json.loads({json.dumps(config)!r}))\n"
+        "__grader_setup()\n"
+        "del __grader_setup\n"
+    )
+
+
+def _kernel_env(job_dir: Path, seed: int, threads: int | None) -> dict[str, str]:
+    home = job_dir / "home"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "KERAS_HOME": str(home / ".keras"),
+        "MPLBACKEND": "Agg",
+        "MPLCONFIGDIR": str(home / ".matplotlib"),
+        "PYTHONHASHSEED": str(seed),
+        "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "TF_DETERMINISTIC_OPS": "1",
+        "LANG": "C.UTF-8",
+    }
+    for passthrough in ("LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "TMPDIR"):
+        if passthrough in os.environ:
+            env[passthrough] = os.environ[passthrough]
+    if threads:
+        for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(threads)
+        env["TF_NUM_INTEROP_THREADS"] = "2"
+    return env
+
+
+def _trim_traceback(lines: list[str], keep: int = 12) -> str:
+    import re
+
+    plain = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in lines]
+    text = "\n".join(plain)
+    out = text.splitlines()
+    if len(out) > 2 * keep:
+        out = out[:keep] + [f"... ({len(out) - 2 * keep} lines trimmed) ..."] + out[-keep:]
+    return "\n".join(out)[:8000]
+
+
+async def _probe(client: Any, seconds: float) -> bool:
+    """Is the kernel answering again (after an interrupt)?"""
+    msg_id = client.kc.execute("pass", store_history=False)
+    deadline = time.monotonic() + seconds
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        try:
+            msg = await client.kc.shell_channel.get_msg(timeout=remaining)
+        except Empty:
+            return False
+        if msg["parent_header"].get("msg_id") == msg_id:
+            return True
+
+
+async def _execute(job_dir: Path) -> None:
+    from nbclient.exceptions import DeadKernelError
+
+    job = json.loads((job_dir / "job.json").read_text())
+    nb = nbformat.read(str(job_dir / "input.ipynb"), as_version=4)
+    parts: list[str] = job["parts"]
+    started = time.monotonic()
+    deadline = started + float(job["notebook_timeout"])
+    cell_timeout = float(job["cell_timeout"])
+    outcomes: dict[int, CellOutcome] = {}
+    timings: dict[str, float] = {}
+    errors: dict[int, dict[str, Any]] = {}
+
+    def on_cell_error(cell: Any, cell_index: int, execute_reply: dict[str, Any]) -> None:
+        errors[cell_index] = execute_reply.get("content", {})
+
+    def save(status: str, reason: str) -> None:
+        nbformat.write(nb, str(job_dir / "executed.ipynb.tmp"))
+        os.replace(job_dir / "executed.ipynb.tmp", job_dir / "executed.ipynb")
+        write_json_atomic(
+            job_dir / "cells.json",
+            {
+                "status": status,
+                "reason": reason,
+                "cells": [to_jsonable(outcomes[i]) for i in sorted(outcomes)],
+                "timings": timings,
+            },
+        )
+
+    client_class = _make_client_class()
+    client = client_class(
+        nb,
+        timeout=int(cell_timeout),
+        kernel_name="python3",
+        allow_errors=True,
+        interrupt_on_timeout=True,
+        error_on_timeout={"ename": TIMEOUT_ENAME, "evalue": f"the cell ran longer than {cell_timeout:.0f} s", "traceback": []},
+        startup_timeout=180,
+        record_timing=True,
+        on_cell_error=on_cell_error,
+        resources={"metadata": {"path": str(job_dir / "home")}},
+    )
+    status, reason = "completed", ""
+    save("running", "")
+    try:
+        async with client.async_setup_kernel(env=_kernel_env(job_dir, job["seed"], job.get("threads"))):
+            timings["kernel_start"] = time.monotonic() - started
+            boot = nbformat.v4.new_code_cell(_bootstrap_source(job_dir, job["data_dir"], job["seed"]))
+            t0 = time.monotonic()
+            client.timeout = BOOTSTRAP_TIMEOUT  # importing TensorFlow on a loaded machine is slow
+            await client.async_execute_cell(boot, -1, store_history=False)
+            timings["bootstrap"] = time.monotonic() - t0
+            if -1 in errors:
+                raise RuntimeError(f"the grader's set-up cell failed: {errors[-1].get('ename')}: {errors[-1].get('evalue')}")
+            dead = ""
+            t_cells = time.monotonic()
+            for index, cell in enumerate(nb.cells):
+                if cell.cell_type != "code":
+                    continue
+                part = parts[index] if index < len(parts) else "other"
+                neutralised = [line for line in cell.source.splitlines() if "[grader] not run while grading" in line or "[grader] cell magic not run" in line]
+                if dead:
+                    outcomes[index] = CellOutcome(index, "dead_kernel", 0.0, part, "KernelDied", dead)
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 1:
+                    outcomes[index] = CellOutcome(
+                        index, "deadline", 0.0, part, "NotebookDeadline",
+                        f"not run: the notebook's time limit ({job['notebook_timeout']:.0f} s) was reached",
+                    )
+                    status, reason = "deadline", f"the notebook's time limit ({job['notebook_timeout']:.0f} s) was reached"
+                    continue
+                client.timeout = max(1, int(min(cell_timeout, remaining)))
+                t0 = time.monotonic()
+                try:
+                    await client.async_execute_cell(cell, index)
+                except DeadKernelError:
+                    dead = "the kernel died while this cell ran (the process exited or was killed)"
+                    outcomes[index] = CellOutcome(index, "dead_kernel", time.monotonic() - t0, part, "KernelDied", dead, neutralised=neutralised)
+                    status, reason = "kernel_died", f"the kernel died in code cell {index}"
+                    save("running", "")
+                    continue
+                seconds = time.monotonic() - t0
+                err = errors.pop(index, None)
+                if err is None:
+                    outcomes[index] = CellOutcome(index, "ok", seconds, part, neutralised=neutralised)
+                elif err.get("ename") == TIMEOUT_ENAME:
+                    outcomes[index] = CellOutcome(
+                        index, "timeout", seconds, part, TIMEOUT_ENAME,
+                        f"the cell ran longer than its {client.timeout} s limit and was interrupted",
+                        neutralised=neutralised,
+                    )
+                    if not await _probe(client, PROBE_SECONDS):
+                        await client.km.shutdown_kernel(now=True)
+                        dead = f"the kernel did not respond after code cell {index} was interrupted and was stopped"
+                        status, reason = "timeout", dead
+                else:
+                    outcomes[index] = CellOutcome(
+                        index, "error", seconds, part, str(err.get("ename", "")), str(err.get("evalue", ""))[:2000],
+                        _trim_traceback(err.get("traceback", [])), neutralised=neutralised,
+                    )
+                save("running", "")
+            timings["cells"] = time.monotonic() - t_cells
+    except Exception as exc:  # kernel failed to start, bootstrap failed, nbclient broke
+        status, reason = "error", f"{type(exc).__name__}: {exc}"[:1000]
+    timings["total"] = time.monotonic() - started
+    save(status, reason)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m grader.execute JOB_DIR", file=sys.stderr)
+        return 2
+    asyncio.run(_execute(Path(argv[0]).resolve()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,488 @@
+"""Grade one submission end to end: validate, execute, evaluate, assemble evidence, check, report.
+
+This is the trusted orchestrator's side. It never imports student code and never unpickles what a
+student produced: the runner and the evaluator are separate processes, and what they leave behind is
+read as JSON and ``allow_pickle=False`` arrays, with sizes checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from grader import __version__, checks, execute, provenance, report, submissions
+from grader.datasets import DatasetStore, boston_split
+from grader.records import (
+    ArrayFingerprint,
+    CellOutcome,
+    CheckResult,
+    EvaluateRecord,
+    EvaluationEvidence,
+    Evidence,
+    FitRecord,
+    ModelEvidence,
+    ModelFacts,
+    SubmissionResult,
+    from_jsonable,
+    to_jsonable,
+    write_json_atomic,
+)
+
+MAX_RECORDS_BYTES = 50 * 1024 * 1024
+MAX_SAMPLES_BYTES = 200 * 1024 * 1024
+EVALUATOR_TIMEOUT = 900.0
+
+
+@dataclasses.dataclass(frozen=True)
+class GradingConfig:
+    """Settings of one grading run (see conftest.py for the command-line options that set them)."""
+
+    grades_dir: Path
+    profile: str = "smoke"
+    seed: int = 0
+    cell_timeout: float = 600.0
+    notebook_timeout: float = 1800.0
+    data_dir: Path | None = None
+    cache_dir: Path | None = None
+    baselines_dir: Path = Path(__file__).resolve().parent.parent / "reference" / "baselines"
+    rubric_path: Path = checks.RUBRIC_PATH
+    threads: int | None = None
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.grades_dir / ".jobs"
+
+    @property
+    def data_cache(self) -> Path:
+        return self.cache_dir or (self.grades_dir / ".cache")
+
+
+class Grader:
+    """Holds what is shared by every submission of a run: datasets, canonical data, rubric, bounds."""
+
+    def __init__(self, config: GradingConfig) -> None:
+        self.config = config
+        self.store = DatasetStore(config.profile, cache_dir=config.data_cache, data_dir=config.data_dir)
+        self.rubric = checks.load_rubric(config.rubric_path)
+
+    @cached_property
+    def baseline(self) -> dict[str, Any]:
+        path = self.config.baselines_dir / f"{self.config.profile}.json"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"no reference baseline for profile {self.config.profile!r} at {path}; "
+                f"create it with `python -m reference baseline --profile {self.config.profile}`"
+            )
+        return json.loads(path.read_text())
+
+    @cached_property
+    def bounds(self) -> checks.Bounds:
+        return checks.bounds_from_baseline(self.baseline, self.rubric)
+
+    @cached_property
+    def data_dir(self) -> Path:
+        return self.store.materialize()
+
+    @cached_property
+    def canonicals(self) -> dict[str, provenance.Canonical]:
+        x_train, x_test, y_train, y_test = boston_split()
+        cifar = self.store.cifar10()
+        return {
+            "boston": provenance.make_canonical("boston", x_train, y_train, x_test, y_test, channels=x_train.shape[1]),
+            "cifar10": provenance.make_canonical(
+                "cifar10", cifar.x_train, cifar.y_train, cifar.x_test, cifar.y_test, channels=3
+            ),
+        }
+
+    # --------------------------------------------------------------------------------------------
+
+    def grade(self, sub: submissions.Submission) -> SubmissionResult:
+        """Grade one submission; whatever happens, return a result and write its reports."""
+        started = time.monotonic()
+        out_dir = self.config.grades_dir / sub.key
+        out_dir.mkdir(parents=True, exist_ok=True)
+        job_dir = self.config.jobs_dir / sub.key
+        try:
+            if sub.path is None:
+                return self._finish(sub, "invalid", f"Invalid submission: {sub.problem}.", None, started, {})
+            try:
+                evidence = self.collect(sub.path, job_dir)
+            except submissions.InvalidNotebook as exc:
+                return self._finish(sub, "invalid", f"Invalid submission: {exc}.", None, started, {})
+            return self.judge(sub, evidence, started, job_dir)
+        except Exception as exc:
+            reason = f"Autograder error while grading this submission: {type(exc).__name__}: {exc}"
+            (out_dir / "grader-error.txt").write_text(traceback.format_exc())
+            return self._finish(sub, "error", reason, None, started, {}, job_dir=job_dir)
+
+    def collect(self, notebook: Path, job_dir: Path) -> Evidence:
+        """Execute a notebook and evaluate what it trained; raise InvalidNotebook for a bad file."""
+        nb = submissions.read_notebook(notebook)
+        prepared, neutralised = submissions.prepare(nb)
+        parts = submissions.cell_parts(prepared)
+        execute.write_job(
+            job_dir,
+            prepared,
+            data_dir=self.data_dir,
+            seed=self.config.seed,
+            cell_timeout=self.config.cell_timeout,
+            notebook_timeout=self.config.notebook_timeout,
+            parts=parts,
+            threads=self.config.threads,
+        )
+        _, kill_reason = execute.run_job(job_dir, self.config.notebook_timeout)
+        evidence = self.assemble(job_dir, neutralised, prepared, parts, kill_reason)
+        write_json_atomic(job_dir / "evidence.json", evidence)
+        return evidence
+
+    def judge(self, sub: submissions.Submission, evidence: Evidence, started: float, job_dir: Path) -> SubmissionResult:
+        """Run the checks on assembled evidence (also used to regrade without executing)."""
+        status = {
+            "completed": "graded",
+            "deadline": "timeout",
+            "timeout": "timeout",
+            "kernel_died": "kernel_died",
+        }.get(evidence.status, "error")
+        results = checks.run_checks(evidence, self.rubric, self.bounds)
+        return self._finish(sub, status, evidence.reason, results, started, evidence.timings, job_dir=job_dir)
+
+    def _finish(
+        self,
+        sub: submissions.Submission,
+        status: str,
+        reason: str,
+        results: list[CheckResult] | None,
+        started: float,
+        timings: dict[str, float],
+        job_dir: Path | None = None,
+    ) -> SubmissionResult:
+        if results is None:
+            results = checks.failed_all(self.rubric, reason)
+        result = SubmissionResult(
+            key=sub.key,
+            source=str(sub.path) if sub.path else "",
+            status=status,
+            reason=reason,
+            score=float(sum(r.score for r in results)),
+            max_score=self.rubric.max_score,
+            checks=results,
+            execution_time=time.monotonic() - started,
+            timings=timings,
+            grader_version=__version__,
+            profile=self.config.profile,
+            seed=self.config.seed,
+        )
+        report.write_submission(self.config.grades_dir, result, job_dir, sub.path)
+        return result
+
+    # --------------------------------------------------------------------------------------------
+    # Evidence
+    # --------------------------------------------------------------------------------------------
+
+    def assemble(
+        self,
+        job_dir: Path,
+        neutralised: list[str],
+        prepared: Any,
+        parts: list[str],
+        kill_reason: str,
+    ) -> Evidence:
+        cells_path = job_dir / "cells.json"
+        run = json.loads(cells_path.read_text()) if cells_path.exists() else {"status": "error", "cells": [], "timings": {}}
+        cells = [from_jsonable(CellOutcome, c) for c in run.get("cells", [])]
+        status, reason = run.get("status", "error"), run.get("reason", "")
+        if kill_reason:
+            status, reason = "timeout", kill_reason
+            ran = {c.index for c in cells}
+            cells += [
+                CellOutcome(i, "deadline", 0.0, parts[i], "NotebookDeadline", kill_reason)
+                for i, cell in enumerate(prepared.cells)
+                if cell.cell_type == "code" and i not in ran
+            ]
+        elif status == "running":
+            status, reason = "error", "the runner stopped before finishing (it crashed or was killed)"
+        fits, evals = self._read_records(job_dir / "artifacts")
+        cell_of = self._execution_counts(job_dir)
+        models = self._models(job_dir, fits, cell_of)
+        evaluations = self._evaluations(job_dir, evals, models)
+        return Evidence(
+            status=status,
+            reason=reason,
+            cells=cells,
+            models=models,
+            evaluations=evaluations,
+            printed=self._printed(job_dir),
+            neutralised=neutralised,
+            timings={k: float(v) for k, v in run.get("timings", {}).items()},
+        )
+
+    def _read_records(self, artifacts: Path) -> tuple[list[FitRecord], list[EvaluateRecord]]:
+        path = artifacts / "records.jsonl"
+        if not path.exists():
+            return [], []
+        if path.stat().st_size > MAX_RECORDS_BYTES:
+            raise ValueError("records.jsonl is larger than the grader accepts")
+        fits, evals = [], []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                data = json.loads(line)
+                if data.get("type") == "fit":
+                    fits.append(from_jsonable(FitRecord, data))
+                elif data.get("type") == "evaluate":
+                    evals.append(from_jsonable(EvaluateRecord, data))
+            except (ValueError, TypeError, AttributeError):
+                continue  # a line the kernel could not finish (killed mid-write) or a forged one
+        return fits, evals
+
+    def _execution_counts(self, job_dir: Path) -> dict[int, int]:
+        """Kernel execution count -> notebook cell index."""
+        path = job_dir / "executed.ipynb"
+        if not path.exists():
+            return {}
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        return {
+            int(cell["execution_count"]): i
+            for i, cell in enumerate(nb.get("cells", []))
+            if cell.get("cell_type") == "code" and isinstance(cell.get("execution_count"), int)
+        }
+
+    def _printed(self, job_dir: Path) -> list[str]:
+        path = job_dir / "executed.ipynb"
+        if not path.exists():
+            return []
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        lines: list[str] = []
+        for cell in nb.get("cells", []):
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "stream" and out.get("name") == "stdout":
+                    text = out.get("text", "")
+                    text = "".join(text) if isinstance(text, list) else str(text)
+                    lines += [ln for ln in text.splitlines() if "\x08" not in ln and "step" not in ln][:200]
+        return lines[:2000]
+
+    def _samples(self, job_dir: Path, fp: ArrayFingerprint) -> np.ndarray | None:
+        if not fp.samples_file:
+            return None
+        path = (job_dir / "artifacts" / fp.samples_file).resolve()
+        if not path.is_relative_to((job_dir / "artifacts").resolve()) or not path.is_file():
+            return None
+        if path.stat().st_size > MAX_SAMPLES_BYTES:
+            return None
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError):
+            return None
+        return arr.astype(np.float64) if np.issubdtype(arr.dtype, np.number) else None
+
+    def _match(self, job_dir: Path, fp: ArrayFingerprint) -> provenance.DataMatch:
+        return provenance.identify_any(fp, self._samples(job_dir, fp), list(self.canonicals.values()))
+
+    def _models(self, job_dir: Path, fits: list[FitRecord], cell_of: dict[int, int]) -> list[ModelEvidence]:
+        last: dict[str, FitRecord] = {}
+        all_fits: dict[str, list[FitRecord]] = {}
+        for fit in fits:
+            last[fit.model_key] = fit
+            all_fits.setdefault(fit.model_key, []).append(fit)
+        ordered = sorted(last.values(), key=lambda f: f.index)
+        matches = {f.index: self._match(job_dir, f.x) for f in ordered}
+        # Leakage is judged over every fit of a model, not only its last.
+        leaks = {
+            key: max(
+                (self._match(job_dir, f.x) if f.index not in matches else matches[f.index]).distinct_test_rows
+                for f in fs
+            )
+            for key, fs in all_fits.items()
+        }
+        entries = []
+        for fit in ordered:
+            match = matches[fit.index]
+            spec = None
+            label_map: tuple[float, float] | None = (1.0, 0.0)
+            if match.verified:
+                canon = self.canonicals[match.dataset]
+                if match.dataset == "boston":
+                    y_samples = self._samples(job_dir, fit.y)
+                    label_map = provenance.label_affine(y_samples, match, canon) if y_samples is not None else None
+                spec = {
+                    "x_file": str(self._test_inputs(job_dir, match.dataset)),
+                    "channels": match.channels,
+                    "scale": match.scale,
+                    "shift": match.shift,
+                    "sample_shape": match.sample_shape,
+                }
+            entries.append((fit, match, spec, label_map))
+        facts = self._evaluate(job_dir, [(fit, spec) for fit, _, spec, _ in entries])
+        out = []
+        for fit, match, spec, label_map in entries:
+            f = facts.get(fit.index)
+            metric, metric_name, error = None, "", ""
+            if match.dataset in self.canonicals:
+                metric_name = "mse" if match.dataset == "boston" else "accuracy"
+            if spec is None:
+                error = (
+                    f"the data it was trained on could not be matched to the canonical data ({match.note})"
+                    if match.note
+                    else "the data it was trained on is not the exercise's data"
+                )
+            elif f is None or not f.loaded:
+                error = f"the saved model could not be reloaded ({f.load_error if f else 'not evaluated'})"
+            elif f.predictions_file is None:
+                error = f"the model could not predict on the test inputs ({f.prediction_error})"
+            else:
+                metric, error = self._score(job_dir / "eval" / f.predictions_file, match.dataset, label_map)
+            out.append(
+                ModelEvidence(
+                    key=fit.model_key,
+                    fit_index=fit.index,
+                    fit_indices=[x.index for x in all_fits[fit.model_key]],
+                    cell=cell_of.get(fit.cell) if fit.cell is not None else None,
+                    dataset=match.dataset,
+                    data_verified=match.verified,
+                    data_note=match.note,
+                    train_rows=match.rows,
+                    leaked_test_rows=leaks.get(fit.model_key, 0),
+                    scaling=_describe_scaling(match),
+                    facts=f,
+                    metric_name=metric_name,
+                    metric=metric,
+                    metric_error=error,
+                    train_seconds=float(sum(x.train_seconds for x in all_fits[fit.model_key])),
+                    epochs=int(sum(x.epochs_run for x in all_fits[fit.model_key])),
+                    history=fit.history,
+                )
+            )
+        return out
+
+    def _test_inputs(self, job_dir: Path, dataset: str) -> Path:
+        """The canonical test inputs the evaluator predicts on (never the labels)."""
+        if dataset == "cifar10":
+            return self.data_dir / "cifar10_x_test.npy"
+        path = job_dir / "eval-inputs" / f"{dataset}_x_test.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        canon = self.canonicals[dataset]
+        np.save(path, canon.x_test.reshape(len(canon.x_test), *canon.sample_shape), allow_pickle=False)
+        return path
+
+    def _score(self, pred_path: Path, dataset: str, label_map: tuple[float, float] | None) -> tuple[float | None, str]:
+        try:
+            preds = np.load(pred_path, allow_pickle=False).astype(np.float64)
+        except (ValueError, OSError) as exc:
+            return None, f"the predictions could not be read ({exc})"
+        canon = self.canonicals[dataset]
+        y = canon.y_test
+        if preds.shape[0] != len(y):
+            return None, f"{preds.shape[0]} predictions for {len(y)} test examples"
+        if dataset == "boston":
+            if label_map is None:
+                return None, "the targets you trained on could not be matched to the Boston prices (MEDV)"
+            flat = preds.reshape(len(y), -1)
+            if flat.shape[1] != 1:
+                return None, f"the model outputs {flat.shape[1]} values per house; one price was expected"
+            a, b = label_map
+            prices = (flat[:, 0] - b) / a
+            return float(np.mean((prices - y) ** 2)), ""
+        flat = preds.reshape(len(y), -1)
+        if flat.shape[1] < 10:
+            return None, f"the model outputs {flat.shape[1]} values per image; 10 class scores were expected"
+        return float(np.mean(np.argmax(flat, axis=1) == y.astype(int))), ""
+
+    def _evaluate(self, job_dir: Path, models: list[tuple[FitRecord, dict[str, Any] | None]]) -> dict[int, ModelFacts]:
+        if not models:
+            return {}
+        eval_dir = job_dir / "eval"
+        if eval_dir.exists():
+            shutil.rmtree(eval_dir)
+        eval_dir.mkdir(parents=True)
+        artifacts = job_dir / "artifacts"
+        entries = []
+        for fit, spec in models:
+            def resolve(rel: str | None) -> str | None:
+                if not rel:
+                    return None
+                path = (artifacts / rel).resolve()
+                return str(path) if path.is_relative_to(artifacts.resolve()) else None
+
+            entries.append(
+                {
+                    "fit_index": fit.index,
+                    "artifact": resolve(fit.artifact),
+                    "format": fit.artifact_format,
+                    "facts_file": resolve(fit.facts_file),
+                    "input": spec,
+                }
+            )
+        write_json_atomic(eval_dir / "eval_job.json", {"models": entries, "seed": self.config.seed})
+        from grader import sandbox
+
+        with open(eval_dir / "evaluator.log", "wb") as log:
+            proc = subprocess.run(
+                sandbox.wrap([sys.executable, "-m", "grader.evaluate", str(eval_dir)], eval_dir),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=sandbox.runner_env(eval_dir),
+                cwd=eval_dir,
+                timeout=EVALUATOR_TIMEOUT,
+                start_new_session=True,
+                check=False,
+            )
+        result_path = eval_dir / "evaluation.json"
+        if proc.returncode != 0 or not result_path.exists():
+            tail = (eval_dir / "evaluator.log").read_text(errors="replace")[-800:]
+            raise RuntimeError(f"the evaluator process failed (exit {proc.returncode}): {tail}")
+        data = json.loads(result_path.read_text())
+        return {int(m["fit_index"]): from_jsonable(ModelFacts, m) for m in data["models"]}
+
+    def _evaluations(self, job_dir: Path, evals: list[EvaluateRecord], models: list[ModelEvidence]) -> list[EvaluationEvidence]:
+        by_key = {m.key: m for m in models}
+        out = []
+        for e in evals:
+            model = by_key.get(e.model_key)
+            match = self._match(job_dir, e.x)
+            canon = self.canonicals.get(match.dataset)
+            on_test = bool(
+                match.verified and canon is not None and match.distinct_test_rows == len(canon.x_test) == match.rows
+            )
+            recomputed = model.metric if model is not None and on_test else None
+            out.append(
+                EvaluationEvidence(
+                    index=e.index,
+                    model_key=e.model_key,
+                    on_test_set=on_test,
+                    returned=e.returned,
+                    metric_name=model.metric_name if model else "",
+                    recomputed=recomputed,
+                    penalty=None,
+                )
+            )
+        return out
+
+
+def _describe_scaling(match: provenance.DataMatch) -> str:
+    if not match.verified:
+        return "unverified"
+    scale = np.asarray(match.scale)
+    shift = np.asarray(match.shift)
+    if np.allclose(scale, 1) and np.allclose(shift, 0):
+        return "raw values"
+    if np.allclose(scale, 1 / 255, rtol=1e-3) and np.allclose(shift, 0, atol=1e-6):
+        return "divided by 255"
+    return "rescaled per feature (x * scale + shift)"
+
+
+def load_evidence(path: Path) -> Evidence:
+    return from_jsonable(Evidence, json.loads(path.read_text()))
+
+
+def evidence_jsonable(ev: Evidence) -> Any:
+    return to_jsonable(ev)

@@ -1,0 +1,143 @@
+"""The pytest plugin behind ``pytest grader/``: options, one grading per submission, the gradebook and summary.
+
+Settings have one source each, with a fixed precedence: a command-line option, else the
+environment variable named in its help, else the default. They are frozen into a ``GradingConfig``
+kept in ``config.stash``; nothing is held in module globals.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from grader import checks, report
+from grader.grade import Grader, GradingConfig
+from grader.records import SubmissionResult
+from grader.submissions import Submission, discover
+
+CONFIG_KEY = pytest.StashKey[GradingConfig]()
+GRADER_KEY = pytest.StashKey[Grader]()
+RESULTS_KEY = pytest.StashKey[dict[str, SubmissionResult]]()
+SUBMISSIONS_KEY = pytest.StashKey[list[Submission]]()
+
+_OPTIONS: list[tuple[str, str, Any, type, str]] = [
+    ("--submissions", "GRADER_SUBMISSIONS", "submissions", str, "folder of notebooks to grade"),
+    ("--grades-dir", "GRADER_GRADES_DIR", "grades", str, "where gradebook.csv and <key>/results.json are written"),
+    ("--profile", "GRADER_PROFILE", "smoke", str, "dataset profile: smoke (shipped subset), full (real CIFAR-10), tiny (tests)"),
+    ("--data-dir", "GRADER_DATA_DIR", None, str, "folder holding cifar-10-python.tar.gz or cifar10-jpeg.tar.gz (full profile)"),
+    ("--cell-timeout", "GRADER_CELL_TIMEOUT", 600.0, float, "seconds one cell may run before it is interrupted"),
+    ("--notebook-timeout", "GRADER_NOTEBOOK_TIMEOUT", 1800.0, float, "seconds a whole notebook may run"),
+    ("--seed", "GRADER_SEED", 0, int, "the seed pinned in every kernel"),
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("grading", "grading the L1/L2 Regularization Exercise")
+    for flag, env, default, _, help_text in _OPTIONS:
+        group.addoption(flag, default=None, help=f"{help_text} (env {env}; default {default})")
+
+
+def _setting(config: pytest.Config, flag: str) -> Any:
+    for name, env, default, kind, _ in _OPTIONS:
+        if name != flag:
+            continue
+        raw = config.getoption(flag)
+        source = f"option {flag}"
+        if raw is None and env in os.environ:
+            raw, source = os.environ[env], f"environment variable {env}"
+        if raw is None:
+            return default
+        try:
+            return kind(raw)
+        except ValueError:
+            raise pytest.UsageError(f"{source}: expected a {kind.__name__}, got {raw!r}") from None
+    raise KeyError(flag)
+
+
+def grading_config(config: pytest.Config) -> GradingConfig:
+    if CONFIG_KEY not in config.stash:
+        profile = _setting(config, "--profile")
+        if profile not in ("smoke", "full", "tiny"):
+            raise pytest.UsageError(f"option --profile: expected smoke, full or tiny, got {profile!r}")
+        root = Path(str(config.invocation_params.dir))
+        data_dir = _setting(config, "--data-dir")
+        config.stash[CONFIG_KEY] = GradingConfig(
+            grades_dir=(root / _setting(config, "--grades-dir")).resolve(),
+            profile=profile,
+            seed=_setting(config, "--seed"),
+            cell_timeout=_setting(config, "--cell-timeout"),
+            notebook_timeout=_setting(config, "--notebook-timeout"),
+            data_dir=(root / data_dir).resolve() if data_dir else None,
+        )
+    return config.stash[CONFIG_KEY]
+
+
+def submissions_of(config: pytest.Config) -> list[Submission]:
+    if SUBMISSIONS_KEY not in config.stash:
+        folder = Path(str(config.invocation_params.dir)) / _setting(config, "--submissions")
+        try:
+            config.stash[SUBMISSIONS_KEY] = discover(folder.resolve())
+        except FileNotFoundError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return config.stash[SUBMISSIONS_KEY]
+
+
+def grader_of(config: pytest.Config) -> Grader:
+    if GRADER_KEY not in config.stash:
+        config.stash[GRADER_KEY] = Grader(grading_config(config))
+        config.stash[RESULTS_KEY] = {}
+    return config.stash[GRADER_KEY]
+
+
+def graded(config: pytest.Config, key: str) -> SubmissionResult:
+    """Grade a submission once per session (every check item of it reads the same result)."""
+    grader = grader_of(config)
+    results = config.stash[RESULTS_KEY]
+    if key not in results:
+        sub = next(s for s in submissions_of(config) if s.key == key)
+        results[key] = grader.grade(sub)
+    return results[key]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if hasattr(config, "workerinput") or RESULTS_KEY not in config.stash and not _used_xdist(config):
+        return
+    _write_gradebook(config)
+
+
+def _used_xdist(config: pytest.Config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and SUBMISSIONS_KEY in config.stash
+
+
+def _collected_results(config: pytest.Config) -> list[SubmissionResult]:
+    if SUBMISSIONS_KEY not in config.stash:
+        return []
+    grades_dir = grading_config(config).grades_dir
+    out = []
+    for sub in submissions_of(config):
+        result = report.read_result(grades_dir, sub.key)
+        if result is not None:
+            out.append(result)
+    return out
+
+
+def _write_gradebook(config: pytest.Config) -> None:
+    results = _collected_results(config)
+    if results:
+        report.write_gradebook(grading_config(config).grades_dir, results, checks.CHECK_IDS)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return
+    results = _collected_results(config)
+    if not results:
+        return
+    grades_dir = grading_config(config).grades_dir
+    terminalreporter.section("grades")
+    terminalreporter.write_line(report.summary_table(results))
+    terminalreporter.write_line(f"\ngradebook: {grades_dir / 'gradebook.csv'}   per-student results: {grades_dir}/<submission>/")

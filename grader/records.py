@@ -1,0 +1,306 @@
+"""Typed, JSON-able records passed between the runner, the evaluator, the checks and the reports.
+
+Every record is a frozen dataclass made only of str/int/float/bool/None, lists and dicts of those,
+and other records, so it can cross a process boundary as JSON (never pickle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Turn a record (or nested records) into plain JSON data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    return obj
+
+
+def from_jsonable(cls: type[T], data: Any) -> T:
+    """Rebuild a record of type ``cls`` from plain JSON data (the inverse of :func:`to_jsonable`)."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            continue
+        kwargs[f.name] = _coerce(hints[f.name], data[f.name])
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    import typing
+
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(tp):
+        return from_jsonable(tp, value)  # type: ignore[arg-type]
+    if origin in (list, tuple) and args:
+        return [_coerce(args[0], v) for v in value]
+    if origin is dict and len(args) == 2:
+        return {k: _coerce(args[1], v) for k, v in value.items()}
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", object)):
+        for a in args:
+            if a is type(None):
+                continue
+            if dataclasses.is_dataclass(a) and isinstance(value, dict):
+                return from_jsonable(a, value)
+        return value
+    return value
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(to_jsonable(data), fh, indent=2, sort_keys=False, allow_nan=False, default=_json_default)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    raise TypeError(f"not JSON-able: {type(obj).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# What the kernel records (written by grader/bootstrap.py inside the student's process, so
+# everything here is untrusted input for the grader: it is used to *find* things, and the
+# numbers that decide a grade are recomputed from the saved models).
+# --------------------------------------------------------------------------------------------
+
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelStats:
+    """Summary of one feature (a table column, or an image channel) of an array."""
+
+    mean: float
+    std: float
+    min: float
+    max: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayFingerprint:
+    """What the kernel saw of an array passed to ``fit`` or ``evaluate``.
+
+    ``kind`` is ``array`` for anything numpy can view (NumPy, tensors, DataFrames), ``none`` when the
+    argument was absent and ``unsupported`` for generators and the like. ``samples_file`` (relative to
+    the job dir) holds an ``(n_rows, len(sample_positions))`` float64 array: the values of every row at a
+    few fixed flat positions, used to match rows against the canonical data.
+    """
+
+    kind: str
+    shape: list[int] = dataclasses.field(default_factory=list)
+    dtype: str = ""
+    sha256: str = ""
+    channels: list[ChannelStats] = dataclasses.field(default_factory=list)
+    sample_positions: list[int] = dataclasses.field(default_factory=list)
+    samples_file: str | None = None
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class FitRecord:
+    """One call of ``Model.fit`` in the student's kernel."""
+
+    index: int
+    model_key: str
+    model_class: str
+    cell: int | None
+    epochs_requested: int | None
+    epochs_run: int
+    batch_size: int | None
+    validation_split: float
+    train_seconds: float
+    history: dict[str, list[float]]
+    x: ArrayFingerprint
+    y: ArrayFingerprint
+    validation_x: ArrayFingerprint
+    artifact: str | None
+    artifact_format: str | None
+    artifact_error: str | None
+    facts_file: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateRecord:
+    """One call of ``Model.evaluate`` in the student's kernel: what it returned (untrusted)."""
+
+    index: int
+    model_key: str
+    cell: int | None
+    x: ArrayFingerprint
+    y: ArrayFingerprint
+    returned: list[float]
+    metric_names: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class CellOutcome:
+    """How one code cell of the submission ran."""
+
+    index: int
+    status: str  # ok | error | timeout | skipped | dead_kernel | deadline
+    seconds: float
+    part: str  # recap | practice | other
+    error_name: str = ""
+    error_value: str = ""
+    traceback: str = ""
+    neutralised: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionResult:
+    """Everything the runner produced for one submission."""
+
+    status: str  # completed | invalid | deadline | kernel_died | error
+    reason: str
+    cells: list[CellOutcome]
+    fits: list[FitRecord]
+    evaluations: list[EvaluateRecord]
+    printed: list[str]
+    neutralised: list[str]
+    timings: dict[str, float]
+    seed: int
+    profile: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RegularizerFacts:
+    """A regularizer attached to a layer, as read from the reloaded model."""
+
+    kind: str  # l1 | l2 | l1_l2 | other
+    l1: float
+    l2: float
+    class_name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerFacts:
+    name: str
+    class_name: str
+    is_conv: bool
+    has_kernel: bool
+    kernel_params: int
+    kernel_regularizer: RegularizerFacts | None
+    bias_regularizer: RegularizerFacts | None
+    activity_regularizer: RegularizerFacts | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFacts:
+    """What the evaluator found in one captured model, in its own process."""
+
+    fit_index: int
+    loaded: bool
+    load_error: str
+    source: str  # keras | savedmodel+kernel-facts
+    layers: list[LayerFacts]
+    kernel_params: int
+    near_zero: dict[str, float]  # threshold (as str) -> fraction of kernel weights below it
+    abs_weight_histogram: dict[str, list[float]]  # {"edges": [...], "counts": [...]} over log10|w|
+    predictions_file: str | None
+    prediction_error: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    """The verdict on one rubric entry for one submission."""
+
+    id: str
+    passed: bool
+    score: float
+    max_score: float
+    message: str
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmissionResult:
+    """A submission's grade: what the reports are written from."""
+
+    key: str
+    source: str
+    status: str  # graded | invalid | error | timeout | kernel_died
+    reason: str
+    score: float
+    max_score: float
+    checks: list[CheckResult]
+    execution_time: float
+    timings: dict[str, float]
+    grader_version: str
+    profile: str
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEvidence:
+    """One trained model as the checks see it: its final state after its last ``fit``."""
+
+    key: str
+    fit_index: int
+    fit_indices: list[int]
+    cell: int | None
+    dataset: str  # boston | cifar10 | unknown
+    data_verified: bool
+    data_note: str
+    train_rows: int
+    leaked_test_rows: int
+    scaling: str
+    facts: ModelFacts | None
+    metric_name: str  # mse | accuracy | ""
+    metric: float | None
+    metric_error: str
+    train_seconds: float
+    epochs: int
+    history: dict[str, list[float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationEvidence:
+    """One ``evaluate`` call of the notebook: what it returned against what the grader recomputed."""
+
+    index: int
+    model_key: str
+    on_test_set: bool
+    returned: list[float]
+    metric_name: str
+    recomputed: float | None
+    penalty: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Evidence:
+    """Everything the checks judge, assembled by the orchestrator from the runner's and evaluator's artifacts.
+
+    Saved as ``evidence.json``: changing the rubric re-runs the checks from it without executing anything.
+    """
+
+    status: str
+    reason: str
+    cells: list[CellOutcome]
+    models: list[ModelEvidence]
+    evaluations: list[EvaluationEvidence]
+    printed: list[str]
+    neutralised: list[str]
+    timings: dict[str, float]

@@ -1,0 +1,121 @@
+"""Reports: per-submission ``results.json`` (Gradescope schema) and ``executed.ipynb``, the class
+``gradebook.csv``, and the summary table printed at the end of a run.
+
+Everything here is written from ``SubmissionResult`` records; nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from grader.records import SubmissionResult, from_jsonable, to_jsonable, write_json_atomic
+
+
+def gradescope_results(result: SubmissionResult) -> dict[str, Any]:
+    """The Gradescope autograder results schema, with our own record under ``extra_data``."""
+    header = f"Status: {result.status}. Score {_fmt(result.score)} / {_fmt(result.max_score)}."
+    if result.reason:
+        header += f" {result.reason}"
+    return {
+        "score": result.score,
+        "execution_time": round(result.execution_time, 3),
+        "output": header,
+        "visibility": "visible",
+        "stdout_visibility": "hidden",
+        "tests": [
+            {
+                "name": c.id,
+                "score": c.score,
+                "max_score": c.max_score,
+                "status": "passed" if c.passed else "failed",
+                "output": c.message,
+            }
+            for c in result.checks
+        ],
+        "extra_data": {"submission": to_jsonable(result)},
+    }
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def write_submission(grades_dir: Path, result: SubmissionResult, job_dir: Path | None, source: Path | None) -> None:
+    """Write ``<key>/results.json`` and ``<key>/executed.ipynb``, atomically."""
+    out = grades_dir / result.key
+    out.mkdir(parents=True, exist_ok=True)
+    _write_executed(out / "executed.ipynb", result, job_dir, source)
+    write_json_atomic(out / "results.json", gradescope_results(result))
+
+
+def _write_executed(target: Path, result: SubmissionResult, job_dir: Path | None, source: Path | None) -> None:
+    executed = job_dir / "executed.ipynb" if job_dir else None
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".executed.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if executed is not None and executed.exists():
+            shutil.copyfile(executed, tmp)
+        else:
+            # The notebook never ran (invalid file, crash before start): explain that in a notebook of its own.
+            nb = nbformat.v4.new_notebook()
+            nb.cells = [
+                nbformat.v4.new_markdown_cell(
+                    f"# Not executed\n\nThis submission ({result.key}) was not executed: {result.reason or result.status}"
+                )
+            ]
+            nbformat.write(nb, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_result(grades_dir: Path, key: str) -> SubmissionResult | None:
+    path = grades_dir / key / "results.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return from_jsonable(SubmissionResult, data["extra_data"]["submission"])
+
+
+def write_gradebook(grades_dir: Path, results: Iterable[SubmissionResult], check_ids: Iterable[str]) -> Path:
+    """One row per submission: submission, score, max_score, status, then each check's score."""
+    ids = list(check_ids)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["submission", "score", "max_score", "status", *ids])
+    for r in sorted(results, key=lambda r: r.key):
+        scores = {c.id: c.score for c in r.checks}
+        writer.writerow([r.key, _fmt(r.score), _fmt(r.max_score), r.status, *(_fmt(scores.get(i, 0.0)) for i in ids)])
+    path = grades_dir / "gradebook.csv"
+    grades_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=grades_dir, prefix=".gradebook.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+        fh.write(buf.getvalue())
+    os.replace(tmp, path)
+    return path
+
+
+def summary_table(results: Iterable[SubmissionResult]) -> str:
+    """A plain-text table, one row per submission: score / max, status, and the checks that failed."""
+    rows = sorted(results, key=lambda r: r.key)
+    if not rows:
+        return "No submissions were graded."
+    key_w = max(10, *(len(r.key) for r in rows))
+    lines = [f"{'submission':<{key_w}}  {'score':>11}  {'status':<11}  failed checks"]
+    lines.append("-" * len(lines[0]) + "-" * 20)
+    for r in rows:
+        failed = [c.id for c in r.checks if not c.passed and c.max_score > 0]
+        score = f"{_fmt(r.score)} / {_fmt(r.max_score)}"
+        lines.append(f"{r.key:<{key_w}}  {score:>11}  {r.status:<11}  {', '.join(failed) if failed else '-'}")
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""Reference baselines: run the instructor's solution notebook over several seeds and store the metrics.
+
+    python -m reference baseline --profile smoke --seeds 10
+    python -m reference check --profile smoke            # rerun the grading seed, compare with the baseline
+
+The solution is graded by the same machinery as students (execute, evaluate, identify models), so a
+baseline measures exactly what the checks later compare against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from grader import checks
+from grader.grade import Grader, GradingConfig
+from grader.records import Evidence, write_json_atomic
+
+HERE = Path(__file__).resolve().parent
+SOLUTION = HERE / "solution.ipynb"
+BASELINES = HERE / "baselines"
+
+
+def metrics_of(ev: Evidence) -> dict[str, float]:
+    """The reference metrics of one run, keyed as in the baseline file."""
+    out: dict[str, float] = {}
+    for part, models in (("recap", checks.recap_models(ev)), ("cnn", checks.cnn_models(ev))):
+        for kind in ("l1", "l2"):
+            m = checks.pick(models, kind)
+            if m is None:
+                raise RuntimeError(f"the reference run has no {part} {kind} model: {ev.reason or ev.status}")
+            if m.metric is None:
+                raise RuntimeError(f"the reference {part} {kind} model could not be scored: {m.metric_error}")
+            out[f"{part}.{kind}_{'mse' if part == 'recap' else 'accuracy'}"] = m.metric
+            out[f"{part}.{kind}_train_seconds"] = m.train_seconds
+            assert m.facts is not None
+            for thr, frac in m.facts.near_zero.items():
+                if ":" not in thr:
+                    out[f"{part}.{kind}_near_zero:{thr}"] = frac
+    return out
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu or platform.processor(), "cores": os.cpu_count()}
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    return {name: md.version(name) for name in ("tensorflow", "keras", "numpy")}
+
+
+def run_seed(profile: str, seed: int, work: Path, data_dir: Path | None) -> dict[str, float]:
+    grader = Grader(GradingConfig(grades_dir=work, profile=profile, seed=seed, data_dir=data_dir))
+    ev = grader.collect(SOLUTION, work / ".jobs" / f"reference-seed{seed}")
+    return metrics_of(ev)
+
+
+def baseline(profile: str, seeds: list[int], data_dir: Path | None, work: Path) -> dict[str, Any]:
+    per_seed: dict[str, dict[str, float]] = {}
+    for seed in seeds:
+        metrics = run_seed(profile, seed, work, data_dir)
+        per_seed[str(seed)] = metrics
+        print(f"seed {seed}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if "near_zero:0.001" in k or k.endswith(("mse", "accuracy"))), flush=True)
+    names = sorted({k for m in per_seed.values() for k in m})
+    return {
+        "profile": profile,
+        "seeds": seeds,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "machine": machine(),
+        "command": "python -m reference " + " ".join(sys.argv[1:]),
+        "metrics": {name: [per_seed[str(s)][name] for s in seeds] for name in names},
+        "per_seed": per_seed,
+    }
+
+
+def check(profile: str, seed: int, data_dir: Path | None, work: Path, path: Path) -> int:
+    """Rerun one stored seed; fail when a graded metric leaves the band the baseline allows."""
+    stored = json.loads(path.read_text())
+    if str(seed) not in stored["per_seed"]:
+        print(f"the baseline {path} has no run for seed {seed}", file=sys.stderr)
+        return 2
+    metrics = run_seed(profile, seed, work, data_dir)
+    problems = drift(stored, seed, metrics)
+    for line in problems:
+        print(line)
+    if not problems:
+        print(f"reference metrics for seed {seed} reproduce the baseline ({path.name})")
+    return 1 if problems else 0
+
+
+def drift(stored: dict[str, Any], seed: int, metrics: dict[str, float]) -> list[str]:
+    """Metrics that moved outside the spread of the stored distribution."""
+    problems = []
+    old = stored["per_seed"][str(seed)]
+    for name, values in stored["metrics"].items():
+        if name.endswith("train_seconds") or name not in metrics:
+            continue
+        spread = max(values) - min(values)
+        allowed = max(0.5 * spread, 1e-6 + 0.01 * abs(old[name]))
+        moved = metrics[name] - old[name]
+        if abs(moved) > allowed:
+            problems.append(
+                f"{name} moved by {moved:+.4g} (from {old[name]:.4g} to {metrics[name]:.4g}); "
+                f"allowed: +/-{allowed:.4g} (half the spread over {len(values)} seeds)"
+            )
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reference", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("baseline", help="run the solution over several seeds and write reference/baselines/<profile>.json")
+    b.add_argument("--profile", default="smoke", choices=["smoke", "full", "tiny"])
+    b.add_argument("--seeds", type=int, default=10, help="number of seeds, 0..N-1 (default 10)")
+    b.add_argument("--data-dir", type=Path, default=None)
+    b.add_argument("--out", type=Path, default=None)
+    c = sub.add_parser("check", help="rerun one seed of the solution and compare it with the stored baseline")
+    c.add_argument("--profile", default="smoke", choices=["smoke", "full", "tiny"])
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--data-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="reference-") as tmp:
+        work = Path(tmp)
+        if args.command == "baseline":
+            out = args.out or BASELINES / f"{args.profile}.json"
+            data = baseline(args.profile, list(range(args.seeds)), args.data_dir, work)
+            write_json_atomic(out, data)
+            print(f"wrote {out}")
+            return 0
+        return check(args.profile, args.seed, args.data_dir, work, BASELINES / f"{args.profile}.json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
