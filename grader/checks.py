@@ -266,6 +266,12 @@ def _regularizer_check(ev: Evidence, spec: CheckSpec, part: str, kind: str) -> C
             if unknown
             else ""
         )
+        source = ev.sources.get(part, "")
+        if "activity_regularizer" in source and "kernel_regularizer" not in source:
+            extra += (
+                " Note also that your code uses activity_regularizer, which penalises the layer's outputs, not its "
+                f"weights; an {upper} weight penalty is kernel_regularizer={reg_fn}."
+            )
         return _result(
             spec,
             False,

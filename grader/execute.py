@@ -260,10 +260,17 @@ async def _execute(job_dir: Path) -> None:
             boot = nbformat.v4.new_code_cell(_bootstrap_source(job_dir, job["data_dir"], job["seed"]))
             t0 = time.monotonic()
             client.timeout = BOOTSTRAP_TIMEOUT  # importing TensorFlow on a loaded machine is slow
-            await client.async_execute_cell(boot, -1, store_history=False)
+            # nbclient writes an executed cell back into nb.cells[index]: run the set-up cell as cell 0
+            # of the notebook, then take it out again, so no student cell is overwritten or shifted.
+            nb.cells.insert(0, boot)
+            try:
+                await client.async_execute_cell(boot, 0, store_history=False)
+            finally:
+                nb.cells.pop(0)
             timings["bootstrap"] = time.monotonic() - t0
-            if -1 in errors:
-                raise RuntimeError(f"the grader's set-up cell failed: {errors[-1].get('ename')}: {errors[-1].get('evalue')}")
+            if 0 in errors:
+                failed = errors.pop(0)
+                raise RuntimeError(f"the grader's set-up cell failed: {failed.get('ename')}: {failed.get('evalue')}")
             dead = ""
             t_cells = time.monotonic()
             for index, cell in enumerate(nb.cells):
@@ -272,7 +279,7 @@ async def _execute(job_dir: Path) -> None:
                 part = parts[index] if index < len(parts) else "other"
                 neutralised = [line for line in cell.source.splitlines() if "[grader] not run while grading" in line or "[grader] cell magic not run" in line]
                 if dead:
-                    outcomes[index] = CellOutcome(index, "dead_kernel", 0.0, part, "KernelDied", dead)
+                    outcomes[index] = CellOutcome(index, "dead_kernel", 0.0, part, "KernelDied", f"not run: {dead}")
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 1:
@@ -287,8 +294,12 @@ async def _execute(job_dir: Path) -> None:
                 try:
                     await client.async_execute_cell(cell, index)
                 except DeadKernelError:
-                    dead = "the kernel died while this cell ran (the process exited or was killed)"
-                    outcomes[index] = CellOutcome(index, "dead_kernel", time.monotonic() - t0, part, "KernelDied", dead, neutralised=neutralised)
+                    outcomes[index] = CellOutcome(
+                        index, "dead_kernel", time.monotonic() - t0, part, "KernelDied",
+                        "the kernel died while this cell ran (the process exited, crashed or was killed)",
+                        neutralised=neutralised,
+                    )
+                    dead = f"the kernel died earlier, in code cell {index}"
                     status, reason = "kernel_died", f"the kernel died in code cell {index}"
                     save("running", "")
                     continue

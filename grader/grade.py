@@ -224,6 +224,10 @@ class Grader:
             printed=self._printed(job_dir),
             neutralised=neutralised,
             timings={k: float(v) for k, v in run.get("timings", {}).items()},
+            sources={
+                part: "\n".join(c.source for c, p in zip(prepared.cells, parts) if c.cell_type == "code" and p == part)
+                for part in ("recap", "practice")
+            },
         )
 
     def _read_records(self, artifacts: Path) -> tuple[list[FitRecord], list[EvaluateRecord]]:

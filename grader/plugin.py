@@ -102,19 +102,31 @@ def graded(config: pytest.Config, key: str) -> SubmissionResult:
     return results[key]
 
 
+GRADING_KEY = pytest.StashKey[bool]()
+_GRADING_MODULE = "test_grading.py"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if any(item.nodeid.split("::")[0].endswith(_GRADING_MODULE) for item in items):
+        config.stash[GRADING_KEY] = True
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    # With pytest-xdist the workers collect; the controller learns of grading items here.
+    if any(i.split("::")[0].endswith(_GRADING_MODULE) for i in ids):
+        node.config.stash[GRADING_KEY] = True
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
-    if hasattr(config, "workerinput") or RESULTS_KEY not in config.stash and not _used_xdist(config):
+    if hasattr(config, "workerinput") or not config.stash.get(GRADING_KEY, False):
         return
     _write_gradebook(config)
 
 
-def _used_xdist(config: pytest.Config) -> bool:
-    return bool(getattr(config.option, "numprocesses", None)) and SUBMISSIONS_KEY in config.stash
-
-
 def _collected_results(config: pytest.Config) -> list[SubmissionResult]:
-    if SUBMISSIONS_KEY not in config.stash:
+    if not config.stash.get(GRADING_KEY, False):
         return []
     grades_dir = grading_config(config).grades_dir
     out = []

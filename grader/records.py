@@ -304,3 +304,4 @@ class Evidence:
     printed: list[str]
     neutralised: list[str]
     timings: dict[str, float]
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)  # part -> its code, for hints only

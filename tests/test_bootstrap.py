@@ -1,0 +1,136 @@
+"""Tests of the fingerprint helpers of grader/bootstrap.py (shared by the kernel and the grader).
+
+``install`` and the recorder patch a live kernel and are exercised by the end-to-end runs, not here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from grader.bootstrap import SAMPLE_WIDTH, fingerprint_array, sample_positions
+from grader.records import ArrayFingerprint, ChannelStats, from_jsonable
+
+
+def test_narrow_rows_are_sampled_at_every_position() -> None:
+    assert sample_positions(13) == list(range(13))
+    assert sample_positions(SAMPLE_WIDTH) == list(range(SAMPLE_WIDTH))
+
+
+def test_wide_rows_are_sampled_at_a_fixed_sorted_subset() -> None:
+    positions = sample_positions(3072)
+
+    assert len(positions) == SAMPLE_WIDTH
+    assert positions == sorted(set(positions))
+    assert 0 <= positions[0] and positions[-1] < 3072
+    assert positions == sample_positions(3072)  # the kernel and the grader must agree
+    assert all(isinstance(p, int) for p in positions)
+
+
+def test_none_is_recorded_as_absent() -> None:
+    assert fingerprint_array(None, None, None) == {"kind": "none"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param((i for i in range(3)), id="generator"),
+        pytest.param(np.array(["a", "b"]), id="strings"),
+        pytest.param(np.zeros((0, 13)), id="empty"),
+        pytest.param(3.0, id="scalar"),
+        pytest.param([[1, 2], [3]], id="ragged"),
+    ],
+)
+def test_values_numpy_cannot_view_as_numbers_are_unsupported(value: object) -> None:
+    fp = fingerprint_array(value, None, None)
+
+    assert fp["kind"] == "unsupported"
+    assert fp["note"]
+
+
+def test_fingerprint_of_a_table_has_per_column_statistics_and_row_samples(tmp_path: Path) -> None:
+    x = np.arange(20, dtype=np.float64).reshape(5, 4)
+    samples_path = tmp_path / "samples" / "fit001_x.npy"
+
+    fp = fingerprint_array(x, samples_path, tmp_path)
+
+    assert fp["kind"] == "array"
+    assert fp["shape"] == [5, 4] and fp["dtype"] == "float64"
+    assert fp["samples_file"] == "samples/fit001_x.npy"
+    assert fp["sample_positions"] == [0, 1, 2, 3]
+    assert fp["channels"][1] == {"mean": 9.0, "std": float(np.std([1, 5, 9, 13, 17])), "min": 1.0, "max": 17.0}
+    samples = np.load(samples_path, allow_pickle=False)
+    assert samples.dtype == np.float64
+    assert np.array_equal(samples, x)
+
+
+def test_fingerprint_of_images_has_one_channel_per_colour_and_samples_at_fixed_positions(tmp_path: Path) -> None:
+    images = np.random.default_rng(0).integers(0, 256, size=(6, 8, 8, 3), dtype=np.uint8)
+
+    fp = fingerprint_array(images, tmp_path / "x.npy", tmp_path)
+
+    assert len(fp["channels"]) == 3
+    assert fp["channels"][2]["mean"] == pytest.approx(images[..., 2].mean())
+    assert fp["sample_positions"] == sample_positions(192)
+    samples = np.load(tmp_path / "x.npy")
+    assert samples.shape == (6, SAMPLE_WIDTH)
+    assert np.array_equal(samples, images.reshape(6, -1)[:, sample_positions(192)].astype(np.float64))
+
+
+def test_a_dataframe_is_fingerprinted_like_its_values(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"CRIM": [0.1, 0.2, 0.3], "TAX": [296.0, 242.0, 222.0]})
+
+    from_frame = fingerprint_array(frame, None, None)
+    from_array = fingerprint_array(frame.to_numpy(), None, None)
+
+    assert from_frame == from_array
+    assert from_frame["samples_file"] is None
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_hash_tells_contents_and_dtypes_apart() -> None:
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+
+    same = fingerprint_array(x.copy(), None, None)["sha256"]
+    assert fingerprint_array(x, None, None)["sha256"] == same
+    assert fingerprint_array(x.astype(np.float64), None, None)["sha256"] != same
+    x[0, 0] = 100
+    assert fingerprint_array(x, None, None)["sha256"] != same
+
+
+def test_a_fingerprint_is_json_and_reads_back_as_an_array_fingerprint(tmp_path: Path) -> None:
+    fp = fingerprint_array(np.ones((4, 3), dtype=np.int64), tmp_path / "s.npy", tmp_path)
+
+    record = from_jsonable(ArrayFingerprint, json.loads(json.dumps(fp)))
+
+    assert record.kind == "array" and record.shape == [4, 3]
+    assert record.channels == [ChannelStats(1.0, 0.0, 1.0, 1.0)] * 3
+    assert record.samples_file == "s.npy"
+
+
+def test_layer_facts_written_for_subclassed_models_read_back_with_inspect() -> None:
+    keras = pytest.importorskip("keras")
+    from grader.bootstrap import _layer_facts
+    from grader.inspect import regularizer_from_config
+
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(2, 3, kernel_regularizer="l1", name="conv"),
+            keras.layers.Flatten(name="flat"),
+            keras.layers.Dense(1, kernel_regularizer=keras.regularizers.L2(1e-4), name="out"),
+        ]
+    )
+
+    entries = {e["name"]: e for e in json.loads(json.dumps(_layer_facts(model)))}
+
+    conv = regularizer_from_config(entries["conv"]["kernel_regularizer"])
+    out = regularizer_from_config(entries["out"]["kernel_regularizer"])
+    assert conv is not None and conv.kind == "l1" and conv.l1 == pytest.approx(0.01)
+    assert out is not None and out.kind == "l2" and out.l2 == pytest.approx(1e-4)
+    assert entries["flat"]["kernel_regularizer"] is None
+    assert entries["conv"]["kernel_variable"] and entries["flat"]["kernel_variable"] is None
