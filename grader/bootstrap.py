@@ -148,8 +148,8 @@ def _install_network_guard(data_dir: Path) -> None:
             return original_getaddrinfo(host, port, *args, **kwargs)
         raise GraderNetworkError(_NETWORK_MESSAGE.format(target=f"{host}:{port}"))
 
-    socket.socket.connect = connect  # type: ignore[method-assign]
-    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+    socket.socket.connect = connect  # type: ignore[method-assign,assignment]
+    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign,assignment]
     socket.getaddrinfo = getaddrinfo
 
     import email.message
@@ -201,11 +201,11 @@ def _install_dataset_provider(data_dir: Path) -> None:
         if module is None or not name.endswith("datasets.cifar10"):
             continue
         if hasattr(module, "load_data"):
-            module.load_data = load_data
+            module.load_data = load_data  # type: ignore[attr-defined]
     for other in ("cifar100", "mnist", "fashion_mnist", "imdb", "reuters", "boston_housing", "california_housing"):
         for name, module in list(sys.modules.items()):
             if module is not None and name.endswith(f"datasets.{other}") and hasattr(module, "load_data"):
-                module.load_data = unavailable
+                module.load_data = unavailable  # type: ignore[attr-defined]
     del keras
 
 

@@ -71,8 +71,10 @@ def load_rubric(path: Path = RUBRIC_PATH) -> Rubric:
         entry = entries.get(cid)
         if entry is None:
             raise RubricError(f"{path}: [checks.\"{cid}\"] is missing")
+        if not isinstance(entry, dict):
+            raise RubricError(f"{path}: [checks.\"{cid}\"] must be a table with points = N")
         points = entry.get("points")
-        if not isinstance(points, (int, float)) or points < 0:
+        if isinstance(points, bool) or not isinstance(points, (int, float)) or points < 0:
             raise RubricError(f"{path}: [checks.\"{cid}\"] points must be a number >= 0, got {points!r}")
         checks[cid] = CheckSpec(cid, float(points), str(entry.get("description", "")), str(entry.get("note", "")))
     return Rubric(checks, dict(data.get("settings", {})))
@@ -124,16 +126,19 @@ def bounds_from_baseline(baseline: dict[str, Any], rubric: Rubric) -> Bounds:
             raise ValueError(f"the baseline has no values for {name}; rerun `python -m reference`")
         return [float(v) for v in metrics[name]]
 
+    pooled = {**metrics, "recap.mse": list(metrics.get("recap.l1_mse", [])) + list(metrics.get("recap.l2_mse", []))}
     summary = {
         name: {"median": statistics.median(v), "min": min(v), "max": max(v)}
-        for name, v in ((n, [float(x) for x in metrics[n]]) for n in metrics)
+        for name, v in ((n, [float(x) for x in pooled[n]]) for n in pooled)
         if v
     }
     return Bounds(
-        recap_mse_max={k: bound_from(vals(f"recap.{k}_mse"), "max", widen) for k in ("l1", "l2")},
+        # At 1e-5 the penalty barely changes the recap model, so its L1 and L2 runs are draws from one
+        # distribution: pooling them doubles the sample the bound rests on (docs/calibration.md).
+        recap_mse_max=dict.fromkeys(("l1", "l2"), bound_from(vals("recap.l1_mse") + vals("recap.l2_mse"), "max", widen)),
         cnn_accuracy_min={k: bound_from(vals(f"cnn.{k}_accuracy"), "min", widen) for k in ("l1", "l2")},
-        recap_l1_near_zero_min=bound_from(vals(f"recap.l1_near_zero:{threshold}"), "min", widen),
-        cnn_l1_near_zero_min=bound_from(vals(f"cnn.l1_near_zero:{threshold}"), "min", widen),
+        recap_l1_near_zero_min=max(0.0, bound_from(vals(f"recap.l1_near_zero:{threshold}"), "min", widen)),
+        cnn_l1_near_zero_min=max(0.0, bound_from(vals(f"cnn.l1_near_zero:{threshold}"), "min", widen)),
         reference=summary,
         threshold=threshold,
     )
@@ -288,7 +293,7 @@ def _regularizer_check(ev: Evidence, spec: CheckSpec, part: str, kind: str) -> C
             f"An {upper} activity_regularizer penalises the layer's outputs, not its weights, so it does not push "
             f"weights toward zero; use kernel_regularizer={reg_fn} instead."
         )
-    if any(kind in kernel_kinds(m) for m in all_models if not qualifies(m, kind)):
+    if any(kind in kernel_kinds(m) or "l1_l2" in kernel_kinds(m) for m in all_models if not qualifies(m, kind)):
         hints.append(f"A model with both {upper} and {other} weight penalties counts as neither; give each model one kind.")
     if part == "practice" and models == [] and all_models:
         hints.append(
@@ -327,13 +332,13 @@ def _metric_check(ev: Evidence, spec: CheckSpec, part: str, kind: str, bounds: B
         )
     if part == "recap":
         bound = bounds.recap_mse_max[kind]
-        ref = bounds.reference.get(f"recap.{kind}_mse", {})
+        ref = bounds.reference.get("recap.mse", {})
         ok = chosen.metric <= bound
         rel = "at or below" if ok else "above"
         msg = (
-            f"Your {upper} model's {name}, recomputed by the grader on the canonical test split, is {chosen.metric:.1f}: "
-            f"{rel} the bound of {bound:.1f} (reference median {ref.get('median', float('nan')):.1f}, "
-            f"range {ref.get('min', float('nan')):.1f}-{ref.get('max', float('nan')):.1f})."
+            f"Your {upper} model's {name}, recomputed by the grader on the canonical test split, is {chosen.metric:.2f}: "
+            f"{rel} the bound of {bound:.2f} (reference median {ref.get('median', float('nan')):.2f}, "
+            f"range {ref.get('min', float('nan')):.2f}-{ref.get('max', float('nan')):.2f})."
         )
         if not ok:
             msg += " Check the penalty strength (the exercise uses 1e-5), the number of epochs (100) and the data you trained on."
@@ -377,7 +382,7 @@ def _sparsity_check(ev: Evidence, spec: CheckSpec, part: str, bounds: Bounds) ->
         "moves a weight by a small amount and overshoots zero, so the grader counts weights smaller than "
         f"{float(thr):g} in magnitude as 'near zero'."
     )
-    ok = value >= floor
+    ok = value >= floor and value > 0  # a floor at 0 would let any model pass
     msg = (
         f"{value:.0%} of your L1 {label}'s weights are near zero (|w| < {float(thr):g}); the reference L1 "
         f"solution has a median of {ref.get('median', float('nan')):.0%}, and the bound is {floor:.0%}."
@@ -403,7 +408,12 @@ def _close(a: float, b: float, name: str) -> bool:
     return abs(a - b) <= 0.01 * max(abs(b), 1e-6) + 1e-6
 
 
-_PRINTED = re.compile(r"(?P<label>accuracy|acc\b|mse|mean squared error)[^0-9\n-]{0,40}(?P<value>-?\d+(?:\.\d+)?(?:e-?\d+)?)", re.I)
+# A label, then within the same line a ':' or '=' and the number right after it: "Test accuracy (L2): 0.63".
+_PRINTED = re.compile(
+    r"(?<![A-Za-z])(?P<label>accuracy|acc|mse|mean squared error)(?![A-Za-z])[^:=\n]{0,40}[:=]\s*"
+    r"(?P<value>-?\d+(?:\.\d+)?(?:e-?\d+)?)(?P<pct>\s*%)?",
+    re.I,
+)
 
 
 def check_reported(ev: Evidence, spec: CheckSpec) -> CheckResult:
@@ -426,6 +436,8 @@ def check_reported(ev: Evidence, spec: CheckSpec) -> CheckResult:
             label = match["label"].lower()
             value = float(match["value"])
             name = "accuracy" if label.startswith("acc") else "mse"
+            if name == "accuracy" and (match["pct"] or value > 1):
+                value /= 100
             relevant = [m.metric for m in ev.models if m.metric is not None and m.metric_name == name]
             if not relevant:
                 continue

@@ -38,6 +38,10 @@ from grader.records import (
     write_json_atomic,
 )
 
+# The modules whose behaviour shapes an execution's evidence (a change re-executes notebooks).
+_EXECUTION_CODE = (
+    "bootstrap.py", "execute.py", "evaluate.py", "inspect.py", "provenance.py", "submissions.py", "grade.py", "datasets.py",
+)
 MAX_RECORDS_BYTES = 50 * 1024 * 1024
 MAX_SAMPLES_BYTES = 200 * 1024 * 1024
 EVALUATOR_TIMEOUT = 900.0
@@ -57,6 +61,7 @@ class GradingConfig:
     baselines_dir: Path = Path(__file__).resolve().parent.parent / "reference" / "baselines"
     rubric_path: Path = checks.RUBRIC_PATH
     threads: int | None = None
+    force: bool = False  # execute even when stored evidence for the same notebook and settings exists
 
     @property
     def jobs_dir(self) -> Path:
@@ -115,15 +120,43 @@ class Grader:
         try:
             if sub.path is None:
                 return self._finish(sub, "invalid", f"Invalid submission: {sub.problem}.", None, started, {})
-            try:
-                evidence = self.collect(sub.path, job_dir)
-            except submissions.InvalidNotebook as exc:
-                return self._finish(sub, "invalid", f"Invalid submission: {exc}.", None, started, {})
+            key = self.cache_key(sub.path)
+            evidence = None if self.config.force else self.cached_evidence(job_dir, key)
+            if evidence is None:
+                try:
+                    evidence = self.collect(sub.path, job_dir)
+                except submissions.InvalidNotebook as exc:
+                    return self._finish(sub, "invalid", f"Invalid submission: {exc}.", None, started, {})
+                (job_dir / "cache-key").write_text(key)
             return self.judge(sub, evidence, started, job_dir)
         except Exception as exc:
             reason = f"Autograder error while grading this submission: {type(exc).__name__}: {exc}"
             (out_dir / "grader-error.txt").write_text(traceback.format_exc())
             return self._finish(sub, "error", reason, None, started, {}, job_dir=job_dir)
+
+    def cache_key(self, notebook: Path) -> str:
+        """What an execution's evidence depends on: the notebook, the grader's executing code, the data, the settings.
+
+        The rubric, the baselines and the checks are not part of it: changing them regrades from the
+        stored evidence without executing anything.
+        """
+        import hashlib
+
+        digest = hashlib.sha256()
+        digest.update(notebook.read_bytes())
+        for name in _EXECUTION_CODE:
+            digest.update((Path(__file__).parent / name).read_bytes())
+        settings = (self.config.profile, self.config.seed, self.config.cell_timeout, self.config.notebook_timeout)
+        digest.update(repr((__version__, settings, self.store.fingerprint)).encode())
+        return digest.hexdigest()
+
+    def cached_evidence(self, job_dir: Path, key: str) -> Evidence | None:
+        try:
+            if (job_dir / "cache-key").read_text() != key:
+                return None
+            return load_evidence(job_dir / "evidence.json")
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
 
     def collect(self, notebook: Path, job_dir: Path) -> Evidence:
         """Execute a notebook and evaluate what it trained; raise InvalidNotebook for a bad file."""
@@ -198,7 +231,9 @@ class Grader:
         kill_reason: str,
     ) -> Evidence:
         cells_path = job_dir / "cells.json"
-        run = json.loads(cells_path.read_text()) if cells_path.exists() else {"status": "error", "cells": [], "timings": {}}
+        run: dict[str, Any] = (
+            json.loads(cells_path.read_text()) if cells_path.exists() else {"status": "error", "cells": [], "timings": {}}
+        )
         cells = [from_jsonable(CellOutcome, c) for c in run.get("cells", [])]
         status, reason = run.get("status", "error"), run.get("reason", "")
         if kill_reason:

@@ -21,6 +21,7 @@ def regularizer_from_config(config: Any) -> RegularizerFacts | None:
     """Read a serialised Keras regularizer (``{"class_name": "L1", "config": {"l1": ...}}``, or a string)."""
     if config is None:
         return None
+    params: dict[str, Any]
     if isinstance(config, str):
         name, params = config, {}
     elif isinstance(config, dict):
@@ -97,6 +98,7 @@ def layer_facts(model: Any) -> list[LayerFacts]:
                 kernel_regularizer=regularizer_facts(getattr(layer, "kernel_regularizer", None)),
                 bias_regularizer=regularizer_facts(getattr(layer, "bias_regularizer", None)),
                 activity_regularizer=regularizer_facts(getattr(layer, "activity_regularizer", None)),
+                path=layer_key(layer),
             )
         )
     return facts
@@ -110,13 +112,18 @@ def _kernel_of(layer: Any) -> Any:
 
 
 def kernels(model: Any) -> dict[str, np.ndarray]:
-    """The kernel (weight matrix) of every layer that has one, by layer name."""
+    """The kernel (weight matrix) of every layer that has one, by the layer's unique path."""
     out = {}
     for layer in walk_layers(model):
         kernel = _kernel_of(layer)
         if kernel is not None:
-            out[layer.name] = np.asarray(kernel.numpy() if hasattr(kernel, "numpy") else kernel)
+            out[layer_key(layer)] = np.asarray(kernel.numpy() if hasattr(kernel, "numpy") else kernel)
     return out
+
+
+def layer_key(layer: Any) -> str:
+    """Layer names repeat across nested models ('dense' in two sub-models); Keras 3 paths do not."""
+    return str(getattr(layer, "path", None) or layer.name)
 
 
 def near_zero_fractions(arrays: list[np.ndarray]) -> dict[str, float]:
@@ -140,7 +147,7 @@ def abs_histogram(arrays: list[np.ndarray]) -> dict[str, list[float]]:
 def penalised_kernels(facts: list[LayerFacts], arrays: dict[str, np.ndarray], kind: str) -> list[np.ndarray]:
     """The kernels of layers whose kernel penalty includes ``kind`` (``l1`` or ``l2``)."""
     names = {
-        f.name
+        f.path or f.name
         for f in facts
         if f.kernel_regularizer is not None and f.kernel_regularizer.kind in (kind, "l1_l2")
     }

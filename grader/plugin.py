@@ -38,6 +38,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("grading", "grading the L1/L2 Regularization Exercise")
     for flag, env, default, _, help_text in _OPTIONS:
         group.addoption(flag, default=None, help=f"{help_text} (env {env}; default {default})")
+    group.addoption(
+        "--force",
+        action="store_true",
+        default=False,
+        help="execute every notebook again, even when its stored execution is still valid",
+    )
 
 
 def _setting(config: pytest.Config, flag: str) -> Any:
@@ -71,6 +77,7 @@ def grading_config(config: pytest.Config) -> GradingConfig:
             cell_timeout=_setting(config, "--cell-timeout"),
             notebook_timeout=_setting(config, "--notebook-timeout"),
             data_dir=(root / data_dir).resolve() if data_dir else None,
+            force=bool(config.getoption("--force")),
         )
     return config.stash[CONFIG_KEY]
 

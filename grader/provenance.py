@@ -115,6 +115,11 @@ def _candidates(fp: ArrayFingerprint, canon: Canonical) -> list[tuple[np.ndarray
     ref_mean, ref_std = ref.mean(axis=0), ref.std(axis=0)
     ref_std = np.where(ref_std > 0, ref_std, 1.0)
     out = [(np.ones(c), np.zeros(c))]
+    # Scalers fit on the canonical training split, as students fit them: exact for X_test and subsets too.
+    out.append((1 / ref_std, -ref_mean / ref_std))
+    ref_min, ref_max = ref.min(axis=0), ref.max(axis=0)
+    span = np.where(ref_max > ref_min, ref_max - ref_min, 1.0)
+    out.append((1 / span, -ref_min / span))
     stats = _student_channel_stats(fp, canon)
     if stats is not None:
         mean, std = stats

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import types
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,16 +49,16 @@ def _coerce(tp: Any, value: Any) -> Any:
     if value is None:
         return None
     if dataclasses.is_dataclass(tp):
-        return from_jsonable(tp, value)  # type: ignore[arg-type]
+        return from_jsonable(tp, value)  # type: ignore[arg-type]  # tp is a dataclass type here
     if origin in (list, tuple) and args:
         return [_coerce(args[0], v) for v in value]
     if origin is dict and len(args) == 2:
         return {k: _coerce(args[1], v) for k, v in value.items()}
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", object)):
+    if origin in (typing.Union, types.UnionType):
         for a in args:
             if a is type(None):
                 continue
-            if dataclasses.is_dataclass(a) and isinstance(value, dict):
+            if isinstance(a, type) and dataclasses.is_dataclass(a) and isinstance(value, dict):
                 return from_jsonable(a, value)
         return value
     return value
@@ -71,6 +72,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(to_jsonable(data), fh, indent=2, sort_keys=False, allow_nan=False, default=_json_default)
             fh.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be read by others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -205,6 +207,7 @@ class LayerFacts:
     kernel_regularizer: RegularizerFacts | None
     bias_regularizer: RegularizerFacts | None
     activity_regularizer: RegularizerFacts | None
+    path: str = ""  # unique within the model (names repeat across nested models)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def discover(folder: Path) -> list[Submission]:
     duplicates = {k for k in keys if keys.count(k) > 1}
     if duplicates:
         found = [
-            dataclasses.replace(s, key=f"{s.key}.{'dir' if s.path and s.path.parent != folder else 'ipynb'}")
+            dataclasses.replace(s, key=f"{s.key}.{'ipynb' if s.path is not None and s.path.parent == folder else 'dir'}")
             if s.key in duplicates
             else s
             for s in found
@@ -88,8 +89,11 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
     if not isinstance(data, dict) or "cells" not in data and "worksheets" not in data:
         raise InvalidNotebook("the file is JSON but not a Jupyter notebook (no cells)")
     try:
-        nb = nbformat.reads(text, as_version=4)
-        nbformat.validate(nb)
+        with warnings.catch_warnings():
+            # Cell ids are optional in practice (older Jupyter, Colab); nbformat adds them itself.
+            warnings.simplefilter("ignore", nbformat.warnings.MissingIDFieldWarning)
+            nb = nbformat.reads(text, as_version=4)
+            nbformat.validate(nb)
     except Exception as exc:  # nbformat raises several unrelated types for bad input
         raise InvalidNotebook(f"the notebook does not follow the Jupyter format: {str(exc).splitlines()[0][:300]}") from None
     return nb
@@ -142,9 +146,10 @@ def neutralise_magics(nb: nbformat.NotebookNode) -> list[str]:
                     + ["pass"]
                 )
                 continue
+        magic_lines = _magic_line_numbers(lines)
         new_lines = []
-        for line in lines:
-            match = _MAGIC_LINE.match(line)
+        for number, line in enumerate(lines):
+            match = _MAGIC_LINE.match(line) if number in magic_lines else None
             if match and not line.lstrip().startswith("%%"):
                 magic = match["magic"]
                 body = match["rest"].strip()
@@ -164,6 +169,22 @@ def neutralise_magics(nb: nbformat.NotebookNode) -> list[str]:
                 new_lines.append(line)
         cell.source = "\n".join(new_lines)
     return replaced
+
+
+def _magic_line_numbers(lines: list[str]) -> set[int]:
+    """Lines IPython itself would run as magics or shell escapes (not, say, a `% x` continuation line)."""
+    candidates = {i for i, line in enumerate(lines) if _MAGIC_LINE.match(line)}
+    if not candidates:
+        return set()
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        transformed = TransformerManager().transform_cell("\n".join(lines) + "\n").splitlines()
+    except Exception:
+        return candidates
+    if len(transformed) != len(lines):
+        return candidates
+    return {i for i in candidates if "get_ipython()." in transformed[i] and transformed[i] != lines[i]}
 
 
 def prepare(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[str]]:

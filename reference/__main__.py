@@ -65,16 +65,34 @@ def versions() -> dict[str, str]:
     return {name: md.version(name) for name in ("tensorflow", "keras", "numpy")}
 
 
-def run_seed(profile: str, seed: int, work: Path, data_dir: Path | None) -> dict[str, float]:
+def histograms_of(ev: Evidence) -> dict[str, dict[str, list[float]]]:
+    """The reference models' weight-magnitude histograms (shown behind each student's in the feedback)."""
+    out = {}
+    for part, models in (("recap", checks.recap_models(ev)), ("cnn", checks.cnn_models(ev))):
+        for kind in ("l1", "l2"):
+            m = checks.pick(models, kind)
+            if m is not None and m.facts is not None:
+                out[f"{part}.{kind}"] = m.facts.abs_weight_histogram
+    return out
+
+
+def collect_seed(profile: str, seed: int, work: Path, data_dir: Path | None) -> Evidence:
     grader = Grader(GradingConfig(grades_dir=work, profile=profile, seed=seed, data_dir=data_dir))
-    ev = grader.collect(SOLUTION, work / ".jobs" / f"reference-seed{seed}")
-    return metrics_of(ev)
+    return grader.collect(SOLUTION, work / ".jobs" / f"reference-seed{seed}")
+
+
+def run_seed(profile: str, seed: int, work: Path, data_dir: Path | None) -> dict[str, float]:
+    return metrics_of(collect_seed(profile, seed, work, data_dir))
 
 
 def baseline(profile: str, seeds: list[int], data_dir: Path | None, work: Path) -> dict[str, Any]:
     per_seed: dict[str, dict[str, float]] = {}
+    histograms: dict[str, Any] = {}
     for seed in seeds:
-        metrics = run_seed(profile, seed, work, data_dir)
+        ev = collect_seed(profile, seed, work, data_dir)
+        metrics = metrics_of(ev)
+        if not histograms:
+            histograms = histograms_of(ev)
         per_seed[str(seed)] = metrics
         print(f"seed {seed}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if "near_zero:0.001" in k or k.endswith(("mse", "accuracy"))), flush=True)
     names = sorted({k for m in per_seed.values() for k in m})
@@ -87,6 +105,7 @@ def baseline(profile: str, seeds: list[int], data_dir: Path | None, work: Path) 
         "command": "python -m reference " + " ".join(sys.argv[1:]),
         "metrics": {name: [per_seed[str(s)][name] for s in seeds] for name in names},
         "per_seed": per_seed,
+        "histograms": {"seed": seeds[0], **histograms},
     }
 
 

@@ -155,7 +155,6 @@ def test_test_split_scaled_with_a_scaler_fit_on_all_the_data_maps_to_test_rows(b
     assert match.test_rows[60:] == list(range(20))
 
 
-@pytest.mark.xfail(reason=STATS_CANDIDATE_BUG, strict=True)
 def test_test_split_scaled_with_the_training_scaler_maps_to_test_rows(boston: Canonical, record: Any) -> None:
     from sklearn.preprocessing import StandardScaler
 

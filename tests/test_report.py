@@ -32,8 +32,17 @@ from grader.report import gradescope_results, read_result, summary_table, write_
 def result(key: str = "alice", score: float = 12.5, status: str = "graded", reason: str = "") -> SubmissionResult:
     checks = [
         CheckResult("recap.runs", True, 1.0, 1.0, "All 3 recap code cells ran without error."),
-        CheckResult("cnn.l1_accuracy", False, 0.0, 2.0, "Your L1 CNN's test accuracy is 0.301: below the bound.", {"value": 0.301}),
-        CheckResult("integrity.no_test_leakage", False, 0.0, 0.0, "Test data leaked (Informational).", {"leaked": {"m1": 3}}),
+        CheckResult(
+            "cnn.l1_accuracy",
+            False,
+            0.0,
+            2.0,
+            "Your L1 CNN's test accuracy is 0.301: below the bound.",
+            {"value": 0.301},
+        ),
+        CheckResult(
+            "integrity.no_test_leakage", False, 0.0, 0.0, "Test data leaked (Informational).", {"leaked": {"m1": 3}}
+        ),
     ]
     return SubmissionResult(
         key=key,
@@ -143,7 +152,7 @@ def test_gradebook_has_one_column_per_check_after_the_fixed_ones(tmp_path: Path)
     rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
     assert rows[0] == ["submission", "score", "max_score", "status", *CHECK_IDS]
     assert [row[0] for row in rows[1:]] == ["alice", "zoe"]
-    alice = dict(zip(rows[0], rows[1]))
+    alice = dict(zip(rows[0], rows[1], strict=True))
     assert (alice["score"], alice["max_score"], alice["status"]) == ("12.5", "14", "graded")
     assert alice["recap.runs"] == "1"
     assert alice["cnn.l1_accuracy"] == "0"
@@ -177,7 +186,14 @@ def nested_evidence() -> Evidence:
     layers = [
         LayerFacts("input", "InputLayer", False, False, 0, None, None, None),
         LayerFacts(
-            "conv2d", "Conv2D", True, True, 864, RegularizerFacts("l1", 1e-4, 0.0, "L1"), None, RegularizerFacts("l2", 0.0, 1e-3, "L2")
+            "conv2d",
+            "Conv2D",
+            True,
+            True,
+            864,
+            RegularizerFacts("l1", 1e-4, 0.0, "L1"),
+            None,
+            RegularizerFacts("l2", 0.0, 1e-3, "L2"),
         ),
     ]
     facts = ModelFacts(
@@ -211,11 +227,16 @@ def nested_evidence() -> Evidence:
         epochs=10,
         history={"loss": [2.0, 1.5], "accuracy": [0.25, 0.5]},
     )
-    unloaded = ModelEvidence("model2", 3, [3], None, "unknown", False, "no match", 10, 0, "unverified", None, "", None, "x", 0.0, 1, {})
+    unloaded = ModelEvidence(
+        "model2", 3, [3], None, "unknown", False, "no match", 10, 0, "unverified", None, "", None, "x", 0.0, 1, {}
+    )
     return Evidence(
         status="completed",
         reason="",
-        cells=[CellOutcome(0, "ok", 1.5, "recap", neutralised=["!pip install x"]), CellOutcome(1, "error", 0.5, "practice", "NameError", "name 'y'")],
+        cells=[
+            CellOutcome(0, "ok", 1.5, "recap", neutralised=["!pip install x"]),
+            CellOutcome(1, "error", 0.5, "practice", "NameError", "name 'y'"),
+        ],
         models=[model, unloaded],
         evaluations=[EvaluationEvidence(1, "model1", True, [1.1, 0.625], "accuracy", 0.625, None)],
         printed=["Test accuracy: 0.625"],

@@ -135,11 +135,6 @@ def test_file_and_folder_with_the_same_name_get_distinct_keys(tmp_path: Path) ->
     assert keys == ["gina.dir", "gina.ipynb"]
 
 
-@pytest.mark.xfail(
-    reason="discover: a problem folder (path None) colliding with a top-level notebook is suffixed '.ipynb' "
-    "like the notebook, so both keep the same key",
-    strict=True,
-)
 def test_empty_folder_and_notebook_with_the_same_name_get_distinct_keys(tmp_path: Path) -> None:
     write_nb(tmp_path / "hank.ipynb")
     (tmp_path / "hank").mkdir()
@@ -244,13 +239,14 @@ def test_nbformat_3_notebook_is_upgraded_to_v4(tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("error")  # as in `pytest grader/`, which grades under the project's filterwarnings
-@pytest.mark.xfail(
-    reason="read_notebook: nbformat's MissingIDFieldWarning for a v4.5 notebook without cell ids is raised as an "
-    "error under pytest's filterwarnings=error and reported as InvalidNotebook, although nbformat repairs the ids",
-    strict=True,
-)
 def test_v4_5_notebook_without_cell_ids_is_read_with_ids_added(tmp_path: Path) -> None:
-    cell = {"cell_type": "code", "metadata": {}, "source": "x = 1", "outputs": [], "execution_count": None}
+    cell: dict[str, object] = {
+        "cell_type": "code",
+        "metadata": {},
+        "source": "x = 1",
+        "outputs": [],
+        "execution_count": None,
+    }
     path = tmp_path / "no_ids.ipynb"
     path.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
 
@@ -289,7 +285,11 @@ def test_assigned_shell_output_becomes_an_empty_list() -> None:
     assert replaced == ["files = !ls data"]
     assert nb.cells[0].source.splitlines()[0].startswith("files = []  # [grader]")
     namespace: dict[str, object] = {}
-    exec(compile(TransformerManager().transform_cell(nb.cells[0].source), "<cell>", "exec"), {"print": lambda *a: None}, namespace)
+    exec(
+        compile(TransformerManager().transform_cell(nb.cells[0].source), "<cell>", "exec"),
+        {"print": lambda *a: None},
+        namespace,
+    )
     assert namespace["files"] == []
 
 
@@ -309,9 +309,7 @@ def test_bash_cell_magic_is_commented_out_entirely() -> None:
 
     assert replaced == ["%%bash"]
     source = nb.cells[0].source
-    assert "wget" in source and all(
-        line.startswith("#") or line == "pass" for line in source.splitlines()
-    ), source
+    assert "wget" in source and all(line.startswith("#") or line == "pass" for line in source.splitlines()), source
     compiles_in_ipython(source)
 
 
@@ -354,11 +352,6 @@ def test_magics_across_cells_are_all_reported_in_order() -> None:
         compiles_in_ipython(cell.source)
 
 
-@pytest.mark.xfail(
-    reason="neutralise_magics treats a continuation line that starts with the % operator as a line magic "
-    "and replaces it by `pass`, breaking valid Python",
-    strict=True,
-)
 def test_a_continuation_line_starting_with_the_modulo_operator_is_not_a_magic() -> None:
     source = 'print("Test MSE: %.2f"\n      % mse)'
     nb = notebook(code(source))
