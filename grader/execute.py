@@ -23,8 +23,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,38 +71,33 @@ def write_job(
     )
 
 
-def run_job(job_dir: Path, notebook_timeout: float, grace: float = 60.0) -> tuple[int | None, str]:
-    """Run the runner process for a prepared job dir; return (exit code or None if killed, reason)."""
+def run_job(
+    job_dir: Path,
+    notebook_timeout: float,
+    *,
+    readable: tuple[Path, ...] = (),
+    hidden: tuple[Path, ...] = (),
+    memory_bytes: int | None = None,
+    grace: float = 60.0,
+) -> tuple[str, str]:
+    """Run the runner process for a prepared job dir; return ("" | "timeout" | "memory", reason)."""
     from grader import sandbox
 
-    command = [sys.executable, "-m", "grader.execute", str(job_dir)]
-    with open(job_dir / "runner.log", "ab") as log:
-        proc = subprocess.Popen(
-            sandbox.wrap(command, job_dir),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=sandbox.runner_env(job_dir),
-            cwd=job_dir,
+    outcome = sandbox.run_isolated(
+        [sys.executable, "-m", "grader.execute", str(job_dir)],
+        sandbox.Isolation(job_dir, readable=readable, hidden=hidden),
+        timeout=notebook_timeout + grace,
+        log_path=job_dir / "runner.log",
+        memory_bytes=memory_bytes or sandbox.DEFAULT_MEMORY_LIMIT,
+    )
+    if outcome.oom_killed:
+        return "memory", (
+            f"the notebook used more memory than the grader allows ({(memory_bytes or sandbox.DEFAULT_MEMORY_LIMIT) / 2**30:.1f} GiB) "
+            "and its kernel was killed"
         )
-        try:
-            code = proc.wait(timeout=notebook_timeout + grace)
-            return code, ""
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return None, f"the runner did not finish within the notebook deadline ({notebook_timeout:.0f} s) and was killed"
-        except BaseException:
-            _kill_group(proc)
-            raise
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
+    if outcome.returncode is None:
+        return "timeout", f"the runner did not finish within the notebook deadline ({notebook_timeout:.0f} s) and was killed"
+    return "", ""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -61,6 +60,8 @@ class GradingConfig:
     baselines_dir: Path = Path(__file__).resolve().parent.parent / "reference" / "baselines"
     rubric_path: Path = checks.RUBRIC_PATH
     threads: int | None = None
+    memory_limit: int | None = None  # bytes per runner/evaluator; None: grader.sandbox.DEFAULT_MEMORY_LIMIT
+    hidden: tuple[Path, ...] = ()  # paths the sandboxed children must not see (the submissions folder)
     force: bool = False  # execute even when stored evidence for the same notebook and settings exists
 
     @property
@@ -93,6 +94,11 @@ class Grader:
     @cached_property
     def bounds(self) -> checks.Bounds:
         return checks.bounds_from_baseline(self.baseline, self.rubric)
+
+    @property
+    def hidden(self) -> tuple[Path, ...]:
+        # Other students' results and jobs live in the grades dir; each child gets its own job dir back.
+        return (*self.config.hidden, self.config.grades_dir)
 
     @cached_property
     def data_dir(self) -> Path:
@@ -173,8 +179,14 @@ class Grader:
             parts=parts,
             threads=self.config.threads,
         )
-        _, kill_reason = execute.run_job(job_dir, self.config.notebook_timeout)
-        evidence = self.assemble(job_dir, neutralised, prepared, parts, kill_reason)
+        kill_status, kill_reason = execute.run_job(
+            job_dir,
+            self.config.notebook_timeout,
+            readable=(self.data_dir,),
+            hidden=self.hidden,
+            memory_bytes=self.config.memory_limit,
+        )
+        evidence = self.assemble(job_dir, neutralised, prepared, parts, kill_status, kill_reason)
         write_json_atomic(job_dir / "evidence.json", evidence)
         return evidence
 
@@ -184,6 +196,7 @@ class Grader:
             "completed": "graded",
             "deadline": "timeout",
             "timeout": "timeout",
+            "memory": "memory",
             "kernel_died": "kernel_died",
         }.get(evidence.status, "error")
         results = checks.run_checks(evidence, self.rubric, self.bounds)
@@ -228,6 +241,7 @@ class Grader:
         neutralised: list[str],
         prepared: Any,
         parts: list[str],
+        kill_status: str,
         kill_reason: str,
     ) -> Evidence:
         cells_path = job_dir / "cells.json"
@@ -236,8 +250,8 @@ class Grader:
         )
         cells = [from_jsonable(CellOutcome, c) for c in run.get("cells", [])]
         status, reason = run.get("status", "error"), run.get("reason", "")
-        if kill_reason:
-            status, reason = "timeout", kill_reason
+        if kill_status:
+            status, reason = kill_status, kill_reason
             ran = {c.index for c in cells}
             cells += [
                 CellOutcome(i, "deadline", 0.0, parts[i], "NotebookDeadline", kill_reason)
@@ -463,22 +477,19 @@ class Grader:
         write_json_atomic(eval_dir / "eval_job.json", {"models": entries, "seed": self.config.seed})
         from grader import sandbox
 
-        with open(eval_dir / "evaluator.log", "wb") as log:
-            proc = subprocess.run(
-                sandbox.wrap([sys.executable, "-m", "grader.evaluate", str(eval_dir)], eval_dir),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=sandbox.runner_env(eval_dir),
-                cwd=eval_dir,
-                timeout=EVALUATOR_TIMEOUT,
-                start_new_session=True,
-                check=False,
-            )
+        readable = (artifacts, job_dir / "eval-inputs", self.data_dir)
+        outcome = sandbox.run_isolated(
+            [sys.executable, "-m", "grader.evaluate", str(eval_dir)],
+            sandbox.Isolation(eval_dir, readable=readable, hidden=self.hidden),
+            timeout=EVALUATOR_TIMEOUT,
+            log_path=eval_dir / "evaluator.log",
+            memory_bytes=self.config.memory_limit,
+        )
         result_path = eval_dir / "evaluation.json"
-        if proc.returncode != 0 or not result_path.exists():
+        if outcome.returncode != 0 or not result_path.exists():
             tail = (eval_dir / "evaluator.log").read_text(errors="replace")[-800:]
-            raise RuntimeError(f"the evaluator process failed (exit {proc.returncode}): {tail}")
+            why = "ran out of memory" if outcome.oom_killed else f"exit {outcome.returncode}"
+            raise RuntimeError(f"the evaluator process failed ({why}): {tail}")
         data = json.loads(result_path.read_text())
         return {int(m["fit_index"]): from_jsonable(ModelFacts, m) for m in data["models"]}
 

@@ -31,6 +31,7 @@ _OPTIONS: list[tuple[str, str, Any, type, str]] = [
     ("--cell-timeout", "GRADER_CELL_TIMEOUT", 600.0, float, "seconds one cell may run before it is interrupted"),
     ("--notebook-timeout", "GRADER_NOTEBOOK_TIMEOUT", 1800.0, float, "seconds a whole notebook may run"),
     ("--seed", "GRADER_SEED", 0, int, "the seed pinned in every kernel"),
+    ("--memory-limit", "GRADER_MEMORY_LIMIT", "8G", str, "memory one notebook (kernel and runner) may use, e.g. 8G, 512M"),
 ]
 
 
@@ -78,15 +79,40 @@ def grading_config(config: pytest.Config) -> GradingConfig:
             notebook_timeout=_setting(config, "--notebook-timeout"),
             data_dir=(root / data_dir).resolve() if data_dir else None,
             force=bool(config.getoption("--force")),
+            memory_limit=_bytes(_setting(config, "--memory-limit")),
+            hidden=(_submissions_dir(config),),
         )
     return config.stash[CONFIG_KEY]
 
 
+def _bytes(text: str) -> int:
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    raw = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if raw and raw[-1] in units:
+            return int(float(raw[:-1]) * units[raw[-1]])
+        return int(raw)
+    except ValueError:
+        raise pytest.UsageError(f"option --memory-limit: expected a size such as 8G or 512M, got {text!r}") from None
+
+
+def _submissions_dir(config: pytest.Config) -> Path:
+    return (Path(str(config.invocation_params.dir)) / _setting(config, "--submissions")).resolve()
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if not any("grader" in str(arg) for arg in config.args):
+        return None
+    from grader import sandbox
+
+    return sandbox.describe()
+
+
 def submissions_of(config: pytest.Config) -> list[Submission]:
     if SUBMISSIONS_KEY not in config.stash:
-        folder = Path(str(config.invocation_params.dir)) / _setting(config, "--submissions")
+        folder = _submissions_dir(config)
         try:
-            config.stash[SUBMISSIONS_KEY] = discover(folder.resolve())
+            config.stash[SUBMISSIONS_KEY] = discover(folder)
         except FileNotFoundError as exc:
             raise pytest.UsageError(str(exc)) from None
     return config.stash[SUBMISSIONS_KEY]

@@ -1,15 +1,90 @@
-"""How the runner and evaluator processes are isolated from the orchestrator.
+"""How the runner and evaluator processes are isolated from the orchestrator and the machine.
 
-Every child process gets a scrubbed environment (none of the orchestrator's variables) and its own
-process group, killed as a whole on timeout. Stronger isolation (namespaces, cgroups) plugs in here.
+Every child gets a scrubbed environment and its own process group, killed as a whole at its
+deadline. Where the machine allows, it also runs under bubblewrap (no network, loopback included; a
+private PID namespace so nothing outlives the job; a read-only view of the system; a private /tmp;
+the grader's repo, the reference baselines, the submissions and the other students' results hidden)
+and in cgroups that cap its memory and number of processes. Where something is missing (no
+bubblewrap, no cgroup access, not Linux), the protections that do work are used and the others are
+reported as off: ``describe()`` says which, and every run prints it once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE_DIR = Path(__file__).resolve().parent
+CGROUP_V1 = Path("/sys/fs/cgroup")
+CGROUP_PARENT = "l1l2-grader"
+DEFAULT_MEMORY_LIMIT = 8 * 2**30
+DEFAULT_PIDS_LIMIT = 512
+MAX_FILE_BYTES = 2 * 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Protections:
+    """Which protections this machine supports (probed once per process)."""
+
+    bubblewrap: bool
+    memory_cgroup: bool
+    pids_cgroup: bool
+    notes: tuple[str, ...]
+
+
+@functools.cache
+def probe() -> Protections:
+    notes = []
+    bwrap = shutil.which("bwrap")
+    bubblewrap = False
+    if sys.platform != "linux":
+        notes.append("not Linux: no namespaces or cgroups; children run with a scrubbed environment only")
+    elif bwrap is None:
+        notes.append("bubblewrap is not installed (apt-get install bubblewrap): no network, PID or filesystem isolation")
+    else:
+        probe_cmd = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-net", "--unshare-pid", "true"]
+        result = subprocess.run(probe_cmd, capture_output=True, text=True, check=False)
+        bubblewrap = result.returncode == 0
+        if not bubblewrap:
+            notes.append(f"bubblewrap cannot create namespaces here ({result.stderr.strip()[:200]}): isolation is off")
+    memory = _cgroup_writable("memory")
+    pids = _cgroup_writable("pids")
+    if not memory:
+        notes.append("no writable cgroup v1 memory controller: the memory limit is off")
+    if not pids:
+        notes.append("no writable cgroup v1 pids controller: the process limit is off")
+    return Protections(bubblewrap, memory, pids, tuple(notes))
+
+
+def _cgroup_writable(controller: str) -> bool:
+    base = CGROUP_V1 / controller
+    if not (base / "cgroup.procs").exists():
+        return False
+    try:
+        (base / CGROUP_PARENT).mkdir(exist_ok=True)
+        test = base / CGROUP_PARENT / f"probe-{os.getpid()}"
+        test.mkdir(exist_ok=True)
+        test.rmdir()
+        return True
+    except OSError:
+        return False
+
+
+def describe() -> str:
+    p = probe()
+    on = [name for name, active in (("namespaces (bubblewrap)", p.bubblewrap), ("memory limit", p.memory_cgroup), ("process limit", p.pids_cgroup)) if active]
+    text = "sandbox: " + (", ".join(on) if on else "none of namespaces, memory limit, process limit") + " active"
+    if p.notes:
+        text += "; OFF: " + "; ".join(p.notes)
+    return text
 
 
 def runner_env(job_dir: Path) -> dict[str, str]:
@@ -29,13 +104,193 @@ def runner_env(job_dir: Path) -> dict[str, str]:
         "KERAS_HOME": str(home / ".keras"),
         "MPLBACKEND": "Agg",
     }
-    for passthrough in ("LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "TMPDIR"):
+    for passthrough in ("LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if passthrough in os.environ:
             env[passthrough] = os.environ[passthrough]
     return env
 
 
-def wrap(command: list[str], job_dir: Path) -> list[str]:
-    """The command line that runs ``command`` isolated for ``job_dir``."""
-    del job_dir
-    return command
+@dataclasses.dataclass(frozen=True)
+class Isolation:
+    """What one child may see: its job dir (read-write), readable extras, and paths to hide."""
+
+    job_dir: Path
+    readable: tuple[Path, ...] = ()
+    hidden: tuple[Path, ...] = ()
+
+
+def wrap(command: list[str], isolation: Isolation) -> list[str]:
+    """The command line that runs ``command`` isolated as far as the machine allows."""
+    if not probe().bubblewrap:
+        return command
+    bwrap = shutil.which("bwrap")
+    assert bwrap is not None
+    args = [
+        bwrap,
+        "--ro-bind", "/", "/",
+        "--dev", "/dev",
+        "--proc", "/proc",
+        "--tmpfs", "/tmp",
+        "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+        "--die-with-parent", "--new-session",
+    ]
+    needed = [(p, False) for p in _code_paths()] + [(p.resolve(), False) for p in isolation.readable]
+    needed.append((isolation.job_dir.resolve(), True))
+    hidden = sorted({p.resolve() for p in _default_hidden(isolation.hidden)}, key=lambda p: len(p.parts))
+    for path in hidden:
+        if path.exists() and path != Path("/"):
+            args += ["--tmpfs", str(path)]
+    # Bind back what the child needs, shallowest first, so a hidden folder can still hold it.
+    for path, writable in sorted(set(needed), key=lambda item: len(item[0].parts)):
+        if not path.exists():
+            continue
+        under_tmp = path.is_relative_to("/tmp")
+        if writable or under_tmp or any(path.is_relative_to(h) for h in hidden):
+            args += ["--bind" if writable else "--ro-bind", str(path), str(path)]
+    return args + ["--", *command]
+
+
+def _code_paths() -> list[Path]:
+    """The grader package, the interpreter and its libraries: what the child must still read."""
+    paths = {_PACKAGE_DIR, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(sys.executable).resolve().parent}
+    for entry in sys.path:
+        if entry and Path(entry).is_dir() and "site-packages" in entry:
+            paths.add(Path(entry).resolve())
+    return sorted(paths)
+
+
+def _default_hidden(extra: Iterable[Path]) -> list[Path]:
+    return [_REPO_ROOT / "reference", _REPO_ROOT / "submissions", _REPO_ROOT / "tests", *extra]
+
+
+class Limits:
+    """cgroup v1 memory and pids limits for one child; a context manager that always cleans up."""
+
+    def __init__(self, memory_bytes: int = DEFAULT_MEMORY_LIMIT, pids: int = DEFAULT_PIDS_LIMIT) -> None:
+        self.memory_bytes = memory_bytes
+        self.pids = pids
+        self.name = f"job-{uuid.uuid4().hex[:12]}"
+        self.groups: dict[str, Path] = {}
+
+    def __enter__(self) -> Limits:
+        p = probe()
+        if p.memory_cgroup:
+            group = CGROUP_V1 / "memory" / CGROUP_PARENT / self.name
+            group.mkdir()
+            (group / "memory.limit_in_bytes").write_text(str(self.memory_bytes))
+            swap = group / "memory.memsw.limit_in_bytes"
+            if swap.exists():
+                try:
+                    swap.write_text(str(self.memory_bytes))
+                except OSError:
+                    pass
+            self.groups["memory"] = group
+        if p.pids_cgroup:
+            group = CGROUP_V1 / "pids" / CGROUP_PARENT / self.name
+            group.mkdir()
+            (group / "pids.max").write_text(str(self.pids))
+            self.groups["pids"] = group
+        return self
+
+    def join(self) -> None:
+        """Set up the calling process (the child, before exec): join the groups, cap file sizes, no core dumps."""
+        import resource
+
+        for group in self.groups.values():
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+        # A single file may not outgrow this (a kernel printing gigabytes to its log, a disk-filling loop);
+        # RLIMIT_AS would break TensorFlow, which reserves large virtual ranges, so memory is a cgroup's job.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    def oom_killed(self) -> bool:
+        group = self.groups.get("memory")
+        if group is None:
+            return False
+        try:
+            for line in (group / "memory.oom_control").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and int(value) > 0:
+                    return True
+            return int((group / "memory.failcnt").read_text()) > 0 and False
+        except OSError:
+            return False
+
+    def kill_all(self) -> None:
+        """Kill every process still in the groups (daemons that left the process group included)."""
+        import signal
+
+        for _ in range(3):
+            pids = set()
+            for group in self.groups.values():
+                try:
+                    pids |= {int(p) for p in (group / "cgroup.procs").read_text().split()}
+                except OSError:
+                    pass
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            import time
+
+            time.sleep(0.1)
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill_all()
+        for group in self.groups.values():
+            try:
+                group.rmdir()
+            except OSError:
+                pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """How an isolated child ended."""
+
+    returncode: int | None  # None: killed at its deadline
+    oom_killed: bool
+    seconds: float
+
+
+def run_isolated(
+    command: list[str],
+    isolation: Isolation,
+    *,
+    timeout: float,
+    log_path: Path,
+    memory_bytes: int = DEFAULT_MEMORY_LIMIT,
+    pids: int = DEFAULT_PIDS_LIMIT,
+) -> Outcome:
+    """Run ``command`` isolated, with limits and a deadline; whatever happens, leave nothing running."""
+    import signal
+    import time
+
+    started = time.monotonic()
+    with Limits(memory_bytes, pids) as limits, open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            wrap(command, isolation),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=runner_env(isolation.job_dir),
+            cwd=isolation.job_dir,
+            preexec_fn=limits.join,  # only joins cgroups and sets rlimits of the child itself
+        )
+        code: int | None
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            limits.kill_all()
+            proc.wait()
+        return Outcome(code, limits.oom_killed(), time.monotonic() - started)
