@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from grader import __version__, checks, execute, provenance, report, submissions
+from grader import __version__, checks, execute, feedback, provenance, report, submissions
 from grader.datasets import DatasetStore, boston_split
 from grader.records import (
     ArrayFingerprint,
@@ -200,7 +200,9 @@ class Grader:
             "kernel_died": "kernel_died",
         }.get(evidence.status, "error")
         results = checks.run_checks(evidence, self.rubric, self.bounds)
-        return self._finish(sub, status, evidence.reason, results, started, evidence.timings, job_dir=job_dir)
+        return self._finish(
+            sub, status, evidence.reason, results, started, evidence.timings, job_dir=job_dir, evidence=evidence
+        )
 
     def _finish(
         self,
@@ -211,6 +213,7 @@ class Grader:
         started: float,
         timings: dict[str, float],
         job_dir: Path | None = None,
+        evidence: Evidence | None = None,
     ) -> SubmissionResult:
         if results is None:
             results = checks.failed_all(self.rubric, reason)
@@ -228,8 +231,21 @@ class Grader:
             profile=self.config.profile,
             seed=self.config.seed,
         )
-        report.write_submission(self.config.grades_dir, result, job_dir, sub.path)
+        report.write_submission(
+            self.config.grades_dir, result, job_dir, sub.path, leaderboard=feedback.leaderboard(result, evidence)
+        )
+        self._write_feedback(result, evidence)
         return result
+
+    def _write_feedback(self, result: SubmissionResult, evidence: Evidence | None) -> None:
+        try:
+            baseline, bounds = self.baseline, self.bounds
+        except (FileNotFoundError, ValueError, KeyError):
+            baseline, bounds = None, None
+        try:
+            feedback.write_feedback(self.config.grades_dir, result, evidence, baseline, bounds)
+        except Exception:  # a page must never cost a grade
+            (self.config.grades_dir / result.key / "feedback-error.txt").write_text(traceback.format_exc())
 
     # --------------------------------------------------------------------------------------------
     # Evidence
@@ -483,7 +499,7 @@ class Grader:
             sandbox.Isolation(eval_dir, readable=readable, hidden=self.hidden),
             timeout=EVALUATOR_TIMEOUT,
             log_path=eval_dir / "evaluator.log",
-            memory_bytes=self.config.memory_limit,
+            memory_bytes=self.config.memory_limit or sandbox.DEFAULT_MEMORY_LIMIT,
         )
         result_path = eval_dir / "evaluation.json"
         if outcome.returncode != 0 or not result_path.exists():

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from grader import checks, report
+from grader import checks, feedback, report
 from grader.grade import Grader, GradingConfig
 from grader.records import SubmissionResult
 from grader.submissions import Submission, discover
@@ -172,8 +172,19 @@ def _collected_results(config: pytest.Config) -> list[SubmissionResult]:
 
 def _write_gradebook(config: pytest.Config) -> None:
     results = _collected_results(config)
-    if results:
-        report.write_gradebook(grading_config(config).grades_dir, results, checks.CHECK_IDS)
+    if not results:
+        return
+    cfg = grading_config(config)
+    report.write_gradebook(cfg.grades_dir, results, checks.CHECK_IDS)
+    try:
+        feedback.write_index(
+            cfg.grades_dir,
+            results,
+            {r.key: feedback.find_evidence(cfg.grades_dir, r) for r in results},
+            feedback.read_baseline(cfg.baselines_dir / f"{cfg.profile}.json"),
+        )
+    except Exception as exc:  # the class page must never cost the gradebook
+        (cfg.grades_dir / "index-error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -185,4 +196,6 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     grades_dir = grading_config(config).grades_dir
     terminalreporter.section("grades")
     terminalreporter.write_line(report.summary_table(results))
-    terminalreporter.write_line(f"\ngradebook: {grades_dir / 'gradebook.csv'}   per-student results: {grades_dir}/<submission>/")
+    terminalreporter.write_line(f"\ngradebook: {grades_dir / 'gradebook.csv'}")
+    terminalreporter.write_line(f"class overview: {grades_dir / 'index.html'}")
+    terminalreporter.write_line(f"per-student results and feedback: {grades_dir}/<submission>/")

@@ -21,12 +21,12 @@ import nbformat
 from grader.records import SubmissionResult, from_jsonable, to_jsonable, write_json_atomic
 
 
-def gradescope_results(result: SubmissionResult) -> dict[str, Any]:
+def gradescope_results(result: SubmissionResult, leaderboard: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The Gradescope autograder results schema, with our own record under ``extra_data``."""
     header = f"Status: {result.status}. Score {_fmt(result.score)} / {_fmt(result.max_score)}."
     if result.reason:
         header += f" {result.reason}"
-    return {
+    data: dict[str, Any] = {
         "score": result.score,
         "execution_time": round(result.execution_time, 3),
         "output": header,
@@ -44,18 +44,27 @@ def gradescope_results(result: SubmissionResult) -> dict[str, Any]:
         ],
         "extra_data": {"submission": to_jsonable(result)},
     }
+    if leaderboard:
+        data["leaderboard"] = leaderboard
+    return data
 
 
 def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def write_submission(grades_dir: Path, result: SubmissionResult, job_dir: Path | None, source: Path | None) -> None:
+def write_submission(
+    grades_dir: Path,
+    result: SubmissionResult,
+    job_dir: Path | None,
+    source: Path | None,
+    leaderboard: list[dict[str, Any]] | None = None,
+) -> None:
     """Write ``<key>/results.json`` and ``<key>/executed.ipynb``, atomically."""
     out = grades_dir / result.key
     out.mkdir(parents=True, exist_ok=True)
     _write_executed(out / "executed.ipynb", result, job_dir, source)
-    write_json_atomic(out / "results.json", gradescope_results(result))
+    write_json_atomic(out / "results.json", gradescope_results(result, leaderboard))
 
 
 def _write_executed(target: Path, result: SubmissionResult, job_dir: Path | None, source: Path | None) -> None:
