@@ -100,8 +100,11 @@ def evaluate_model(entry: dict[str, Any], out_dir: Path) -> ModelFacts:
             loaded = tf.saved_model.load(str(path))
             report = json.loads(Path(entry["facts_file"]).read_text()) if entry.get("facts_file") else []
             layers = _facts_from_kernel_report(report)
+            # Exported variable names repeat ("model/kernel:0" for every layer): key them by position.
             arrays = {
-                v.name: v.numpy() for v in loaded.variables if "kernel" in v.name and len(v.shape) >= 2
+                f"{i}:{v.name}": v.numpy()
+                for i, v in enumerate(loaded.variables)
+                if "kernel" in v.name and len(v.shape) >= 2
             }
             source = "savedmodel+kernel-facts"
             predictor = loaded.serve

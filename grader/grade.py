@@ -278,8 +278,13 @@ class Grader:
             status, reason = "error", "the runner stopped before finishing (it crashed or was killed)"
         fits, evals = self._read_records(job_dir / "artifacts")
         cell_of = self._execution_counts(job_dir)
+        t0 = time.monotonic()
         models = self._models(job_dir, fits, cell_of)
         evaluations = self._evaluations(job_dir, evals, models)
+        # Phase timings: the runner's (kernel start, set-up cell, student cells) and the grader's own.
+        timings = {f"runner_{k}": float(v) for k, v in run.get("timings", {}).items()}
+        timings["evaluation"] = time.monotonic() - t0
+        timings["training"] = float(sum(m.train_seconds for m in models))
         return Evidence(
             status=status,
             reason=reason,
@@ -288,7 +293,7 @@ class Grader:
             evaluations=evaluations,
             printed=self._printed(job_dir),
             neutralised=neutralised,
-            timings={k: float(v) for k, v in run.get("timings", {}).items()},
+            timings=timings,
             sources={
                 part: "\n".join(c.source for c, p in zip(prepared.cells, parts) if c.cell_type == "code" and p == part)
                 for part in ("recap", "practice")

@@ -125,6 +125,14 @@ def grader_of(config: pytest.Config) -> Grader:
     return config.stash[GRADER_KEY]
 
 
+def check_baseline(config: pytest.Config) -> None:
+    """Stop before executing anything when the profile has no usable reference baseline."""
+    try:
+        grader_of(config).bounds
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise pytest.UsageError(f"--profile {grading_config(config).profile}: {exc}") from None
+
+
 def graded(config: pytest.Config, key: str) -> SubmissionResult:
     """Grade a submission once per session (every check item of it reads the same result)."""
     grader = grader_of(config)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import pytest
 
 from grader.checks import CHECK_IDS
-from grader.plugin import graded, submissions_of
+from grader.plugin import check_baseline, graded, submissions_of
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "check" not in metafunc.fixturenames:
         return
+    check_baseline(metafunc.config)
     params = [
         pytest.param(sub.key, cid, id=f"{sub.key}::{cid}", marks=pytest.mark.xdist_group(sub.key))
         for sub in submissions_of(metafunc.config)

@@ -71,6 +71,8 @@ def test_subclassed_models_trained_inside_a_function_are_captured_and_reloaded(r
     recap = [m for m in _evidence(runs[0], KEY_MODELS)["models"] if m["dataset"] == "boston"]
     assert [m["facts"]["source"] for m in recap] == ["savedmodel+kernel-facts"] * 2
     assert all(m["metric"] is not None for m in recap), "the subclassed models must still be scored"
+    # Dense(10) on 13 features, then Dense(1): every kernel weight is read from the exported graph.
+    assert [m["facts"]["kernel_params"] for m in recap] == [13 * 10 + 10 * 1] * 2
 
 
 def test_a_functional_cnn_fit_on_raw_pixels_with_a_rescaling_layer_is_recognised(runs: list[Path]) -> None:
