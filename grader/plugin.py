@@ -128,7 +128,7 @@ def grader_of(config: pytest.Config) -> Grader:
 def check_baseline(config: pytest.Config) -> None:
     """Stop before executing anything when the profile has no usable reference baseline."""
     try:
-        grader_of(config).bounds
+        _ = grader_of(config).bounds  # derived once; a bad or missing baseline raises here
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise pytest.UsageError(f"--profile {grading_config(config).profile}: {exc}") from None
 
