@@ -300,12 +300,18 @@ def _regularizer_check(ev: Evidence, spec: CheckSpec, part: str, kind: str) -> C
             "None of your CIFAR-10 models has a convolution layer: the practice asks to retrain the CNN "
             "(Conv2D -> MaxPooling2D -> Flatten -> Dense -> Dense) with regularization, not the dense-only network."
         )
+    other_kind = "l2" if kind == "l1" else "l1"
+    if not hints and all(kernel_kinds(m) == {other_kind} for m in all_models):
+        hints.append(
+            f"Every one of these models has an {other} weight penalty: the model meant to use {upper} needs "
+            f"kernel_regularizer={reg_fn} instead of {other}."
+        )
     if not hints:
         hints.append(f"Add kernel_regularizer={reg_fn} to the layers of the model you train with {upper}.")
     return _result(
         spec,
         False,
-        f"No model trained {what} has an {upper} weight penalty (and no {other} one). Found: "
+        f"No model trained {what} has an {upper} weight penalty without an {other} one. Found: "
         + "; ".join(lines)
         + ". "
         + " ".join(hints),
@@ -349,7 +355,8 @@ def _metric_check(ev: Evidence, spec: CheckSpec, part: str, kind: str, bounds: B
         rel = "at or above" if ok else "below"
         msg = (
             f"Your {upper} CNN's {name}, recomputed by the grader on the test set, is {chosen.metric:.3f}: "
-            f"{rel} the bound of {bound:.3f} (reference median {ref.get('median', float('nan')):.3f})."
+            f"{rel} the bound of {bound:.3f} (reference median {ref.get('median', float('nan')):.3f}). "
+            f"It was trained for {chosen.epochs} epoch(s) on {chosen.train_rows} images."
         )
         if not ok:
             msg += (
@@ -448,7 +455,8 @@ def check_reported(ev: Evidence, spec: CheckSpec) -> CheckResult:
                     f"(recomputed: {', '.join(f'{g:.4g}' for g in relevant)})"
                 )
     if problems:
-        return _result(spec, False, "Reported metrics disagree with the recomputed ones: " + "; ".join(problems) + ".")
+        unique = list(dict.fromkeys(problems))
+        return _result(spec, False, "Reported metrics disagree with the recomputed ones: " + "; ".join(unique) + ".")
     if checked == 0:
         return _result(spec, True, "No reported metric could be compared (no evaluate call on the test set was recorded).")
     return _result(spec, True, f"The {checked} reported metric value(s) agree with the recomputed ones.")

@@ -139,8 +139,20 @@ def graded(config: pytest.Config, key: str) -> SubmissionResult:
     results = config.stash[RESULTS_KEY]
     if key not in results:
         sub = next(s for s in submissions_of(config) if s.key == key)
-        results[key] = grader.grade(sub)
+        results[key] = result = grader.grade(sub)
+        _progress(
+            config,
+            f"graded {key}: {result.score:g} / {result.max_score:g}, {result.status}, {result.execution_time:.0f} s",
+        )
     return results[key]
+
+
+def _progress(config: pytest.Config, line: str) -> None:
+    """One line per submission as it finishes (under xdist, the worker's output is not shown)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and not hasattr(config, "workerinput"):
+        reporter.ensure_newline()
+        reporter.write_line(line)
 
 
 GRADING_KEY = pytest.StashKey[bool]()
