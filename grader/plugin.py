@@ -7,7 +7,9 @@ kept in ``config.stash``; nothing is held in module globals.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,14 @@ def grading_config(config: pytest.Config) -> GradingConfig:
     return config.stash[CONFIG_KEY]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # Under pytest-xdist, every check of one submission must run on the worker that executes its
+    # notebook (the items carry an xdist_group mark per submission): group scheduling, whatever -n says.
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") in ("load", "no"):
+        config.option.dist = "loadgroup"
+
+
 def _bytes(text: str) -> int:
     units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
     raw = text.strip().upper().removesuffix("B").removesuffix("I")
@@ -139,12 +149,28 @@ def graded(config: pytest.Config, key: str) -> SubmissionResult:
     results = config.stash[RESULTS_KEY]
     if key not in results:
         sub = next(s for s in submissions_of(config) if s.key == key)
-        results[key] = result = grader.grade(sub)
+        # Under pytest-xdist two workers may reach the same submission: the second waits for the
+        # first and then regrades from its stored execution instead of running the notebook again.
+        with _submission_lock(grader.config.jobs_dir, key):
+            results[key] = result = grader.grade(sub)
         _progress(
             config,
             f"graded {key}: {result.score:g} / {result.max_score:g}, {result.status}, {result.execution_time:.0f} s",
         )
     return results[key]
+
+
+@contextlib.contextmanager
+def _submission_lock(jobs_dir: Path, key: str) -> Iterator[None]:
+    import fcntl
+
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    with open(jobs_dir / f".{key}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _progress(config: pytest.Config, line: str) -> None:
