@@ -15,8 +15,9 @@ instructor would, while
 - a TCP server listens on the grader machine's 127.0.0.1 (a port written into one notebook);
 - the control notebook is graded alone, at the same time, into a grades dir of its own.
 
-The run is serial (no ``-n 2``): with pytest-xdist every submission is graded on both workers at once,
-see ``test_parallel_grading_grades_each_submission_on_one_worker``. Where a protection is missing on
+The run uses ``-n 2`` (two pytest-xdist workers): each notebook must still be executed exactly once. The
+checks of one submission still land on both workers, which then wait for each other, so it is no faster
+than a serial run (see ``test_parallel_grading_grades_each_submission_on_one_worker``). Where a protection is missing on
 this machine (no bubblewrap, no writable cgroups), the tests assert the documented fallback, using
 ``grader.sandbox.probe()``. Bugs found in the grader are strict xfails whose reason names the file and
 the fix.
@@ -58,6 +59,7 @@ GRADING_OPTIONS = [
     "--profile", "tiny", "--cell-timeout", str(CELL_TIMEOUT), "--notebook-timeout", str(NOTEBOOK_TIMEOUT),
     "--memory-limit", MEMORY_LIMIT, "-q",
 ]
+PARALLEL = ["-n", "2"]  # the whole corpus, on two pytest-xdist workers
 CANARY_NAME = "GRADER_CANARY_SECRET"
 HUGE_BYTES = 21 * 2**20
 MiB = 2**20
@@ -65,6 +67,16 @@ GiB = 2**30
 CGROUP_ROOTS = [sandbox.CGROUP_V1 / controller / sandbox.CGROUP_PARENT for controller in ("memory", "pids")]
 PROTECTIONS = sandbox.probe()
 ISOLATED = PROTECTIONS.bubblewrap
+# Set in the kernel by ipykernel or by importing TensorFlow, whatever the grader passes: equal values are no leak.
+SET_BY_JUPYTER_OR_TENSORFLOW = {
+    "TERM", "PAGER", "GIT_PAGER", "CLICOLOR", "CLICOLOR_FORCE", "FORCE_COLOR", "JPY_PARENT_PID",
+    "PYDEVD_USE_FRAME_EVAL", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "TF2_BEHAVIOR", "TPU_ML_PLATFORM",
+    "TPU_ML_PLATFORM_VERSION", "HDF5_PLUGIN_PATH", "ENABLE_RUNTIME_UPTIME_TELEMETRY",
+}
+# Where nothing holds the job's processes together (no PID namespace, no cgroup), a daemon that leaves the
+# process group survives the job: the documented fallback.
+CONTAINED = ISOLATED or PROTECTIONS.memory_cgroup or PROTECTIONS.pids_cgroup
+GRADING_TIMEOUT = 900
 NO_ISOLATION = "bubblewrap is unavailable here: docs/security.md documents that only the Python-level guard applies"
 
 # The status (and, for invalid files, the reason) each notebook must get. Every score is 0 except the
@@ -197,11 +209,6 @@ def _pids() -> list[int]:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
 
 
-def _is_daemon_of(pid: int, marker: bytes) -> bool:
-    """A ``sleep 1000`` started by this run (its environment holds the run's job dirs; nothing else is read)."""
-    return _read(Path(f"/proc/{pid}/cmdline")) == b"sleep\x001000\x00" and marker in _read(Path(f"/proc/{pid}/environ"))
-
-
 def processes_of_run(marker: bytes) -> list[str]:
     """Processes of this run still alive: sandboxes, runners, evaluators (by command line), kernels and
     daemons (by the job dir in their environment; only ``ipykernel`` and ``sleep`` processes are read)."""
@@ -221,15 +228,21 @@ def processes_of_run(marker: bytes) -> list[str]:
 
 
 class Watcher(threading.Thread):
-    """Samples, every quarter second: this run's cgroups, its daemons, and the orchestrator's peak memory."""
+    """Samples the machine every quarter second while the run goes on.
+
+    It records this run's job cgroups, its ``sleep 1000`` daemons, each runner start (one per execution of a
+    notebook), and the peak memory (``VmHWM``) of the orchestrator processes: the pytest controller and its
+    pytest-xdist workers, which are the processes that grade.
+    """
 
     def __init__(self, marker: bytes) -> None:
         super().__init__(daemon=True)
         self.marker = marker
         self.orchestrator: int | None = None
-        self.orchestrator_hwm_kib = 0
+        self.orchestrator_hwm_kib: dict[int, int] = {}
         self.cgroups: set[Path] = set()
         self.daemons: set[int] = set()
+        self.runner_starts: dict[str, set[int]] = {}
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -240,19 +253,29 @@ class Watcher(threading.Thread):
                 continue
 
     def sample(self) -> None:
-        if self.orchestrator is not None:
-            status = _read(Path(f"/proc/{self.orchestrator}/status")).decode(errors="replace")
-            match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
-            if match:
-                self.orchestrator_hwm_kib = max(self.orchestrator_hwm_kib, int(match.group(1)))
+        table: dict[int, tuple[int, bytes]] = {}
+        for pid in _pids():
+            cmdline, stat = _read(Path(f"/proc/{pid}/cmdline")), _read(Path(f"/proc/{pid}/stat"))
+            if cmdline and b")" in stat:
+                table[pid] = (int(stat.rsplit(b")", 1)[1].split()[1]), cmdline)
+        for pid, (ppid, cmdline) in table.items():
+            if pid == self.orchestrator or (ppid == self.orchestrator and b"bwrap" not in cmdline):
+                status = _read(Path(f"/proc/{pid}/status")).decode(errors="replace")
+                match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+                if match:
+                    self.orchestrator_hwm_kib[pid] = max(self.orchestrator_hwm_kib.get(pid, 0), int(match.group(1)))
+            runner = re.search(rb"grader\.execute\x00([^\x00]+)", cmdline)
+            # A runner start: the outermost process carrying the runner's command line (bwrap where it is used),
+            # not its copies (the inner bwrap, the runner itself, a fork before exec).
+            if runner and self.marker in runner.group(1) and runner.group(0) not in table.get(ppid, (0, b""))[1]:
+                self.runner_starts.setdefault(runner.group(1).decode(), set()).add(pid)
+            if cmdline == b"sleep\x001000\x00" and self.marker in _read(Path(f"/proc/{pid}/environ")):
+                self.daemons.add(pid)
         for root in CGROUP_ROOTS:
             for group in root.glob("job-*"):
                 procs = _read(group / "cgroup.procs").split()
-                if any(self.marker in _read(Path(f"/proc/{int(p)}/cmdline")) for p in procs):
+                if any(self.marker in table.get(int(p), (0, b""))[1] for p in procs):
                     self.cgroups.add(group)
-        for pid in _pids():
-            if _is_daemon_of(pid, self.marker):
-                self.daemons.add(pid)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -280,7 +303,8 @@ class Run:
     alone_returncode: int
     alone_output: str
     max_rss_kib: int  # os.wait4 on the grading process: the largest RSS of it or any descendant it waited for
-    orchestrator_hwm_kib: int  # VmHWM of the orchestrator process alone (sampled)
+    orchestrator_hwm_kib: dict[int, int]  # VmHWM of each orchestrator process (controller, xdist workers), sampled
+    runner_starts: dict[str, set[int]]  # job dir -> the runner processes started for it
     cgroups_seen: set[Path]
     cgroups_left: list[Path]
     new_empty_cgroups: list[Path]
@@ -292,8 +316,11 @@ class Run:
     test_env: dict[str, str]
 
 
-def _grading_command(corpus: Path, grades: Path) -> list[str]:
-    return [sys.executable, "-m", "pytest", "grader/", "--submissions", str(corpus), "--grades-dir", str(grades), *GRADING_OPTIONS]
+def _grading_command(corpus: Path, grades: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "pytest", "grader/", "--submissions", str(corpus), "--grades-dir", str(grades),
+        *GRADING_OPTIONS, *extra,
+    ]
 
 
 def _disk_usage(folder: Path) -> int:
@@ -338,18 +365,21 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     watcher.start()
     started = time.monotonic()
     with open(base / "grading.log", "w+") as log, open(base / "alone.log", "w+") as alone_log:
-        proc = subprocess.Popen(_grading_command(corpus, grades), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(_grading_command(corpus, grades, *PARALLEL), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         watcher.orchestrator = proc.pid
         # The control, graded alone at the same time (the other core), into its own grades dir.
         alone_proc = subprocess.Popen(
             _grading_command(control_corpus, alone), cwd=ROOT, env=env, stdout=alone_log, stderr=subprocess.STDOUT
         )
+        watchdog = threading.Timer(GRADING_TIMEOUT, proc.kill)  # never hang the test session
+        watchdog.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
             seconds = time.monotonic() - started
             alone_code = alone_proc.wait(timeout=600)
         finally:
+            watchdog.cancel()
             for p in (proc, alone_proc):
                 if p.returncode is None:
                     p.kill()
@@ -366,6 +396,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         base=base, corpus=corpus, grades=grades, alone=alone, markers=markers, keys=keys, token=token, canary=canary,
         returncode=proc.returncode, output=output, seconds=seconds, alone_returncode=alone_code, alone_output=alone_output,
         max_rss_kib=usage.ru_maxrss, orchestrator_hwm_kib=watcher.orchestrator_hwm_kib,
+        runner_starts=watcher.runner_starts,
         cgroups_seen=watcher.cgroups, cgroups_left=sorted(g for g in watcher.cgroups if g.exists()),
         new_empty_cgroups=new_groups, daemons_seen=watcher.daemons, processes_left=processes_of_run(str(base).encode()),
         loopback_connections=list(server.connections), grades_disk_bytes=_disk_usage(grades),
@@ -373,11 +404,18 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     )
     (base / "summary.txt").write_text(
         f"seconds {seconds:.1f}\nmax_rss_kib {usage.ru_maxrss}\norchestrator_hwm_kib {watcher.orchestrator_hwm_kib}\n"
+        f"runner_starts { {k: len(v) for k, v in watcher.runner_starts.items() if len(v) != 1} } (those started more than once)\n"
         f"grades_disk_bytes {result.grades_disk_bytes}\ncgroups_seen {len(watcher.cgroups)}\n"
     )
     yield result
-    # Keep the machine tidy: the disk filler's file, the markers folder and any file a write escaped to go;
-    # the rest stays in the pytest temporary folder for inspection.
+    # Keep the machine tidy: processes of the run that survived it (only possible in the uncontained fallback, or
+    # with a bug), the disk filler's file, the markers folder and any file a write escaped to; the rest stays in
+    # the pytest temporary folder for inspection.
+    for line in result.processes_left:
+        try:
+            os.kill(int(line.split(":", 1)[0]), 9)
+        except (ProcessLookupError, ValueError):
+            pass
     fill.unlink(missing_ok=True)
     shutil.rmtree(markers, ignore_errors=True)
     for target in _write_targets(result):
@@ -487,12 +525,14 @@ def test_every_submission_gets_results_a_gradebook_row_and_an_executed_notebook(
         result = results(run, key)
         assert float(rows[key]["score"]) == result["score"]
         assert rows[key]["status"] == result["extra_data"]["submission"]["status"]
-        nbformat.validate(nbformat.read(str(run.grades / key / "executed.ipynb"), as_version=4))
+        assert (run.grades / key / "executed.ipynb").is_file()
+        if key not in KNOWN_BUGS:  # there, the "executed notebook" is whatever file the kernel linked it to
+            nbformat.validate(nbformat.read(str(run.grades / key / "executed.ipynb"), as_version=4))
 
 
 @pytest.mark.parametrize(
     "key",
-    [pytest.param(k, marks=pytest.mark.xfail(reason=KNOWN_BUGS[k], strict=True)) if k in KNOWN_BUGS else k
+    [pytest.param(k, marks=pytest.mark.xfail(reason=KNOWN_BUGS[k], strict=True, raises=AssertionError)) if k in KNOWN_BUGS else k
      for k in sorted(EXPECTED_STATUS)],
 )
 def test_each_notebook_gets_its_expected_status_and_score(run: Run, key: str) -> None:
@@ -513,7 +553,29 @@ def test_the_control_scores_what_it_scores_when_graded_alone(run: Run) -> None:
     assert [(t["name"], t["score"]) for t in together["tests"]] == [(t["name"], t["score"]) for t in alone["tests"]]
 
 
+def test_each_notebook_is_executed_exactly_once_even_on_two_workers(run: Run) -> None:
+    starts = {Path(job).name: len(pids) for job, pids in run.runner_starts.items() if Path(job).parent == run.grades / ".jobs"}
+    runnable = [k for k in run.keys if k not in INVALID_REASONS]
+    assert starts == dict.fromkeys(runnable, 1)
+
+
+@pytest.mark.xfail(
+    raises=AssertionError,
+    reason="grader/plugin.py graded(): under -n 2 the worker that waited on the submission lock calls "
+    "Grader.grade again, which regrades from the stored evidence and rewrites results.json (and executed.ipynb, "
+    "the feedback) with execution_time = the regrade's (0.0 s) instead of the execution's. Fix: after taking the "
+    "lock, reuse the result already written in this session (report.read_result) instead of grading again, or "
+    "carry the execution's time in the evidence and report it on a regrade (grade.py Grader.judge/_finish)",
+    strict=True,
+)
+def test_results_report_the_time_the_notebook_really_took(run: Run) -> None:
+    for key in ("infinite_loop_is_interrupted", "sigint_ignoring_loop_stops_the_kernel"):
+        assert results(run, key)["execution_time"] >= CELL_TIMEOUT, key
+
+
 def test_no_process_of_the_run_outlives_it(run: Run) -> None:
+    if not CONTAINED:  # documented fallback: a daemon in a new session survives; the fixture kills it
+        pytest.skip("no bubblewrap and no cgroups: processes that leave the job's process group survive it")
     assert run.processes_left == []
 
 
@@ -527,11 +589,13 @@ def test_no_cgroup_of_the_run_is_left_behind(run: Run) -> None:
 
 
 def test_the_orchestrator_memory_stays_bounded(run: Run) -> None:
-    # VmHWM: the orchestrator's own peak. ru_maxrss from wait4: the largest peak of the orchestrator or any
-    # descendant it waited for (a kernel killed at the 2 GiB cgroup limit included; shared library pages
-    # such as TensorFlow's count in RSS but not against the cgroup, hence the margin).
-    assert 0 < run.orchestrator_hwm_kib * 1024 < 1 * GiB, run.orchestrator_hwm_kib
-    assert run.max_rss_kib * 1024 < MEMORY_LIMIT_BYTES + 1 * GiB, run.max_rss_kib
+    # VmHWM: the orchestrator's own peak, sampled. ru_maxrss from os.wait4 on the grading process: the largest
+    # peak of it or of any descendant it waited for (what getrusage(RUSAGE_CHILDREN) measures, but for this
+    # child alone, while the control is graded beside it). The sandboxed runners and kernels are reaped inside
+    # their PID namespaces, so in practice both numbers are the orchestrator's (about 300 MB here).
+    assert len(run.orchestrator_hwm_kib) == 1 + int(PARALLEL[1]), run.orchestrator_hwm_kib  # controller + workers
+    assert 0 < max(run.orchestrator_hwm_kib.values()) * 1024 < 1 * GiB, run.orchestrator_hwm_kib
+    assert run.max_rss_kib * 1024 < 2 * GiB, run.max_rss_kib
 
 
 def test_the_canary_variable_never_reaches_a_notebook(run: Run) -> None:
@@ -580,7 +644,7 @@ def test_systemexit_and_keyboardinterrupt_fail_only_their_own_cell(run: Run) -> 
 def test_a_kernel_killing_its_runner_gets_an_error_result_and_nothing_else_is_affected(run: Run) -> None:
     sub = submission(run, "killing_the_runner_is_contained")
     assert sub["status"] == "error" and "runner stopped before finishing" in sub["reason"]
-    assert all("runner stopped before finishing" in t["output"] for t in results(run, "killing_the_runner_is_contained")["tests"])
+    assert "runner stopped before finishing" in results(run, "killing_the_runner_is_contained")["output"]
     # The submissions graded after it (alphabetically) ran normally: see the status test of each.
 
 
@@ -596,7 +660,7 @@ def test_memory_exhaustion_is_stopped_with_a_clear_reason(run: Run) -> None:
         return
     assert "more memory than the grader allows (2.0 GiB)" in sub["reason"]
     assert c["alloc"]["status"] in ("dead_kernel", "deadline")
-    assert all("more memory" in t["output"] for t in results(run, "memory_exhaustion_is_stopped")["tests"])
+    assert "more memory than the grader allows" in results(run, "memory_exhaustion_is_stopped")["output"]
 
 
 def test_a_fork_bomb_is_refused_by_the_process_limit(run: Run) -> None:
@@ -615,6 +679,8 @@ def test_daemons_do_not_outlive_the_job(run: Run) -> None:
     assert "DAEMON STARTED" in output(run, "daemon_does_not_outlive_the_job", "daemon")
     assert run.daemons_seen, "the watcher should have seen the notebook's `sleep 1000` daemons while it ran"
     left = [p for p in run.processes_left if "sleep" in p]
+    if not CONTAINED:  # documented fallback: nothing holds a daemon in a new session; the fixture kills it
+        return
     assert left == []
 
 
@@ -632,6 +698,8 @@ def test_printing_gigabytes_is_contained(run: Run) -> None:
 
 
 @pytest.mark.xfail(
+    PROTECTIONS.memory_cgroup,  # without a memory limit nothing kills the kernel and the output cap does its job
+    raises=AssertionError,
     reason="grader/execute.py CappedClient.output caps output in the runner only; the kernel's ipykernel OutStream "
     "buffers it without bound, so print spam ends as status 'memory' (kernel OOM-killed) instead of a timed-out cell "
     "with the output-limit note. Fix: cap sys.stdout/sys.stderr writes inside the kernel (grader/bootstrap.py install: "
@@ -662,12 +730,13 @@ def test_filling_the_disk_stops_at_the_file_size_limit_or_the_timeout(run: Run) 
     assert c["after"]["status"] == "ok"
     assert run.fill_file_bytes <= sandbox.MAX_FILE_BYTES
     if c["fill"]["status"] == "ok":
-        assert re.search(r"STOPPED OSError 27 ", output(run, key, "fill")), output(run, key, "fill")  # EFBIG
+        assert re.search(r"STOPPED OSError (27|28) ", output(run, key, "fill")), output(run, key, "fill")  # EFBIG, or ENOSPC
     else:
         assert c["fill"]["status"] == "timeout"
 
 
 @pytest.mark.xfail(
+    raises=AssertionError,
     reason="no disk quota and no clean-up of the job dir: grader/execute.py write_job puts the kernel's cwd/HOME in "
     "grades/.jobs/<key>/home on the real disk and nothing removes it, so one notebook leaves up to "
     "sandbox.MAX_FILE_BYTES (2 GiB) per file, any number of files, in the grades dir. Fix: give the kernel a "
@@ -734,6 +803,7 @@ def test_the_reference_the_submissions_and_other_results_are_hidden(run: Run) ->
 
 
 @pytest.mark.xfail(
+    raises=AssertionError,
     reason="grader/sandbox.py _default_hidden hides reference/, submissions/ and tests/ but not the repo's .git, so "
     "`git show HEAD:reference/baselines/tiny.json` (or reading .git/objects) recovers the reference solution and "
     "baselines. Fix: hide _REPO_ROOT / '.git' too (better: hide the whole repo and bind back only grader/)",
@@ -764,7 +834,7 @@ def test_the_kernel_environment_holds_none_of_the_graders_variables(run: Run) ->
     text = output(run, "environment_is_scrubbed", "env")
     kernel_env = json.loads(text.split("ENV ", 1)[1].splitlines()[0])
     assert CANARY_NAME not in kernel_env and run.canary not in text
-    allowed = set(_kernel_env(run.base, 0, None)) | {"PATH", "LANG", "HOME", "TERM", "PAGER", "GIT_PAGER"}
+    allowed = set(_kernel_env(run.base, 0, None)) | SET_BY_JUPYTER_OR_TENSORFLOW
     leaked = sorted(k for k, v in run.test_env.items() if k not in allowed and kernel_env.get(k) == v)
     assert leaked == []
     assert kernel_env["HOME"].startswith(str(run.grades / ".jobs" / "environment_is_scrubbed"))
@@ -810,14 +880,14 @@ def test_an_nbformat3_notebook_is_upgraded_and_run(run: Run) -> None:
     assert "upgraded from nbformat 3" in output(run, key, "v3")
 
 
-@pytest.mark.xfail(reason=FORGED_JOB_FILES_BUG, strict=True)
+@pytest.mark.xfail(raises=AssertionError, reason=FORGED_JOB_FILES_BUG, strict=True)
 def test_a_forged_outcome_file_is_not_trusted(run: Run) -> None:
     key = "forged_job_files_are_not_trusted"
     checks = {t["name"]: t["status"] for t in results(run, key)["tests"]}
     assert submission(run, key)["status"] != "graded" and checks["recap.runs"] == "failed"
 
 
-@pytest.mark.xfail(reason=FORGED_JOB_FILES_BUG, strict=True)
+@pytest.mark.xfail(raises=AssertionError, reason=FORGED_JOB_FILES_BUG, strict=True)
 def test_a_job_file_linked_to_a_hidden_file_does_not_leak_it(run: Run) -> None:
     baselines = (ROOT / "reference" / "baselines" / "tiny.json").read_text()
     copied = (run.grades / "forged_job_files_are_not_trusted" / "executed.ipynb").read_text()
@@ -851,7 +921,9 @@ def test_malicious_model_files_are_refused_and_run_no_code(run: Run) -> None:
 
 
 def _escape(run: Run, label: str) -> dict[str, Any]:
-    return tagged(output(run, "sandbox_mounts_cannot_be_undone", label), "ESCAPE")[label]
+    key = "sandbox_mounts_cannot_be_undone"
+    labels = [_label_of(c["source"]) for c in executed(run, key)["cells"] if c["cell_type"] == "code"]
+    return tagged("".join(output(run, key, cell) for cell in labels), "ESCAPE")[label]
 
 
 CAPABILITIES_BUG = (
@@ -861,6 +933,11 @@ CAPABILITIES_BUG = (
 )
 
 
+def capabilities_bug(what: str) -> pytest.MarkDecorator:
+    # Only where the kernel really runs in bubblewrap (elsewhere the notebook does not try, and the test passes).
+    return pytest.mark.xfail(ISOLATED, reason=CAPABILITIES_BUG.format(what=what), strict=True, raises=AssertionError)
+
+
 def test_the_cgroup_filesystem_is_read_only(run: Run) -> None:
     escape = _escape(run, "plain_cgroup_write")
     assert not escape["ok"], escape
@@ -868,32 +945,25 @@ def test_the_cgroup_filesystem_is_read_only(run: Run) -> None:
         assert "Read-only file system" in escape["detail"]
 
 
-@pytest.mark.xfail(ISOLATED, reason=CAPABILITIES_BUG.format(what="'mount -o remount,rw /' makes the host filesystem writable"), strict=True)
+@capabilities_bug("'mount -o remount,rw /' makes the host filesystem writable")
 def test_the_system_cannot_be_remounted_read_write(run: Run) -> None:
     escape = _escape(run, "remount_write")
     assert not escape["ok"] and not (run.markers / "REMOUNT_ESCAPE").exists(), escape
 
 
-@pytest.mark.xfail(ISOLATED, reason=CAPABILITIES_BUG.format(what="'umount -l REPO/reference' uncovers the hidden baselines"), strict=True)
+@capabilities_bug("'umount -l REPO/reference' uncovers the hidden baselines")
 def test_the_hidden_reference_cannot_be_unmounted(run: Run) -> None:
     escape = _escape(run, "unhide_reference")
     assert not escape["ok"], escape
 
 
-@pytest.mark.xfail(
-    ISOLATED,
-    reason=CAPABILITIES_BUG.format(what="mounting the cgroup filesystem lets it raise its own memory limit"), strict=True
-)
+@capabilities_bug("mounting the cgroup filesystem lets it raise its own memory limit")
 def test_the_kernel_cannot_raise_its_own_memory_limit(run: Run) -> None:
     escape = _escape(run, "raise_memory_limit")
     assert not escape["ok"], escape
 
 
-@pytest.mark.xfail(
-    ISOLATED,
-    reason=CAPABILITIES_BUG.format(what="'umount -l /proc' uncovers the host's /proc and every process on the machine"),
-    strict=True,
-)
+@capabilities_bug("'umount -l /proc' uncovers the host's /proc and every process on the machine")
 def test_the_host_processes_stay_invisible(run: Run) -> None:
     escape = _escape(run, "host_processes_visible")
     assert not escape["ok"], escape
@@ -905,13 +975,14 @@ def test_the_host_processes_stay_invisible(run: Run) -> None:
 
 
 @pytest.mark.xfail(
-    reason="grader/test_grading.py relies on xdist_group marks, which need '--dist loadgroup' (not the default with "
-    "-n) and, with pytest 9.2 + pytest-xdist 3.8, are not applied at all (xdist sets item._nodeid, which pytest 9 no "
-    "longer reads). So under -n 2 the 13 check items of one submission are spread over both workers and each worker "
-    "grades (executes) the submission itself, at the same time, in the same job dir (write_job rmtree's the other's). "
-    "Fix: in grader/plugin.py graded(), serialise per submission with a file lock in grades_dir/.locks/<key> and "
-    "reuse the stored evidence (Grader.cached_evidence) when it is already there; or generate one test item per "
-    "submission",
+    raises=AssertionError,
+    reason="grader/test_grading.py marks each check with xdist_group and grader/plugin.py pytest_configure forces "
+    "--dist loadgroup, but with pytest 9.2 + pytest-xdist 3.8 the marks do nothing (xdist/remote.py appends '@group' "
+    "to item._nodeid, which pytest 9's Node.nodeid no longer reads), so one submission's 13 checks still go to both "
+    "workers. plugin.graded's lock now keeps a notebook from running twice, but the second worker waits for the first "
+    "on the same submission: -n 2 gives no speed-up (6 notebooks sleeping 6 s: 82 s with -n 2, 79 s without). Fix: "
+    "schedule by submission in grader/plugin.py, e.g. pytest_xdist_make_scheduler returning a "
+    "xdist.scheduler.LoadScopeScheduling whose _split_scope maps 'test_check[KEY::CHECK]' to KEY",
     strict=True,
 )
 def test_parallel_grading_grades_each_submission_on_one_worker(tmp_path: Path) -> None:
