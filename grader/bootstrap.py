@@ -225,6 +225,47 @@ def _neutralise_shell(config: dict[str, Any]) -> None:
 
     ip.system = system
     ip.getoutput = getoutput
+    _cap_output(ip)
+
+
+KERNEL_OUTPUT_CAP = 2_000_000  # characters per cell; the runner keeps less, this stops the flood at its source
+
+
+def _cap_output(ip: Any) -> None:
+    """ipykernel buffers printed text without limit: drop what a cell prints beyond the cap, here in the kernel."""
+    import contextlib
+    import sys
+
+    used = {"chars": 0, "noted": False}
+
+    def capped(original: Any) -> Any:
+        def write(text: str, *args: Any, **kwargs: Any) -> int:
+            used["chars"] += len(text)
+            if used["chars"] <= KERNEL_OUTPUT_CAP:
+                return int(original(text, *args, **kwargs) or 0)
+            if not used["noted"]:
+                used["noted"] = True
+                original("\n[grader] output limit reached: the rest of this cell's output was dropped\n")
+            return len(text)
+
+        write.grader_capped = True  # type: ignore[attr-defined]
+        return write
+
+    def before_cell(*_args: Any) -> None:
+        used["chars"], used["noted"] = 0, False
+        # Installed at each cell's start: the set-up cell's own output tee restores the plain write when it ends.
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            if not getattr(stream.write, "grader_capped", False):
+                try:
+                    stream.write = capped(stream.write)
+                except (AttributeError, TypeError):
+                    pass
+
+    ip.events.register("pre_run_cell", before_cell)
+    # IPython 9 tees every cell's printed text into its output history, in memory and without limit;
+    # grading never reads that history, so do not keep it.
+    ip._tee = lambda channel: contextlib.nullcontext()
 
 
 def _install_recorder(job_dir: Path) -> None:

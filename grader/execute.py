@@ -20,6 +20,8 @@ Job dir layout::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -71,6 +73,15 @@ def write_job(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """How the runner process ended, as the orchestrator saw it."""
+
+    status: str  # "" (it finished), "timeout", "memory" or "crashed"
+    reason: str
+    seal: dict[str, str]  # file name -> sha256, sent by the runner over its private pipe
+
+
 def run_job(
     job_dir: Path,
     notebook_timeout: float,
@@ -79,25 +90,31 @@ def run_job(
     hidden: tuple[Path, ...] = (),
     memory_bytes: int | None = None,
     grace: float = 60.0,
-) -> tuple[str, str]:
-    """Run the runner process for a prepared job dir; return ("" | "timeout" | "memory", reason)."""
+) -> RunResult:
+    """Run the runner process for a prepared job dir."""
     from grader import sandbox
 
+    limit = memory_bytes or sandbox.DEFAULT_MEMORY_LIMIT
     outcome = sandbox.run_isolated(
         [sys.executable, "-m", "grader.execute", str(job_dir)],
-        sandbox.Isolation(job_dir, readable=readable, hidden=hidden),
+        sandbox.Isolation(job_dir, readable=readable, hidden=hidden, scratch=(job_dir / "home",)),
         timeout=notebook_timeout + grace,
         log_path=job_dir / "runner.log",
-        memory_bytes=memory_bytes or sandbox.DEFAULT_MEMORY_LIMIT,
+        memory_bytes=limit,
     )
+    try:
+        seal = {str(k): str(v) for k, v in json.loads(outcome.seal).items()} if outcome.seal else {}
+    except (ValueError, AttributeError):
+        seal = {}
     if outcome.oom_killed:
-        return "memory", (
-            f"the notebook used more memory than the grader allows ({(memory_bytes or sandbox.DEFAULT_MEMORY_LIMIT) / 2**30:.1f} GiB) "
-            "and its kernel was killed"
-        )
+        reason = f"the notebook used more memory than the grader allows ({limit / 2**30:.1f} GiB) and its kernel was killed"
+        return RunResult("memory", reason, seal)
     if outcome.returncode is None:
-        return "timeout", f"the runner did not finish within the notebook deadline ({notebook_timeout:.0f} s) and was killed"
-    return "", ""
+        reason = f"the runner did not finish within the notebook deadline ({notebook_timeout:.0f} s) and was killed"
+        return RunResult("timeout", reason, seal)
+    if outcome.returncode != 0:
+        return RunResult("crashed", f"the runner process ended with status {outcome.returncode}", seal)
+    return RunResult("", "", seal)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,6 +137,24 @@ def _make_client_class() -> type:
         def output(self, outs: list[Any], msg: dict[str, Any], display_id: str | None, cell_index: int) -> Any:
             size = len(json.dumps(msg.get("content", {}), default=str))
             used = self._cell_bytes.get(cell_index, 0) + size
+            room = min(CELL_OUTPUT_CAP - self._cell_bytes.get(cell_index, 0), NOTEBOOK_OUTPUT_CAP - self._total_bytes)
+            if msg.get("msg_type") == "stream" and size > room > 1000 and cell_index not in self._capped:
+                # Keep the part of a large stream message that fits, then note the cut.
+                text = str(msg["content"].get("text", ""))[: room - 1000]
+                msg = {**msg, "content": {**msg["content"], "text": text}}
+                size = len(json.dumps(msg["content"], default=str))
+                used = self._cell_bytes.get(cell_index, 0) + size
+                self._cell_bytes[cell_index] = used
+                self._total_bytes += size
+                out = super().output(outs, msg, display_id, cell_index)
+                self._cell_bytes[cell_index] = CELL_OUTPUT_CAP  # anything more is over the cap
+                self._capped.add(cell_index)
+                outs.append(
+                    nbformat.v4.new_output(
+                        "stream", name="stderr", text="[grader] output limit reached: further output of this cell was dropped\n"
+                    )
+                )
+                return out
             if used > CELL_OUTPUT_CAP or self._total_bytes + size > NOTEBOOK_OUTPUT_CAP:
                 if cell_index not in self._capped:
                     self._capped.add(cell_index)
@@ -321,12 +356,26 @@ async def _execute(job_dir: Path) -> None:
         status, reason = "error", f"{type(exc).__name__}: {exc}"[:1000]
     timings["total"] = time.monotonic() - started
     save(status, reason)
+    _seal(job_dir, ("cells.json", "executed.ipynb"))
+
+
+def _seal(job_dir: Path, names: tuple[str, ...]) -> None:
+    """Send the hashes of the runner's own files over the pipe only the runner holds."""
+    fd = os.environ.get("GRADER_SEAL_FD")
+    if not fd:
+        return
+    digests = {name: hashlib.sha256((job_dir / name).read_bytes()).hexdigest() for name in names}
+    with os.fdopen(int(fd), "w") as pipe:
+        pipe.write(json.dumps(digests))
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m grader.execute JOB_DIR", file=sys.stderr)
         return 2
+    fd = os.environ.get("GRADER_SEAL_FD")
+    if fd:
+        os.set_inheritable(int(fd), False)  # the kernel must never hold the seal pipe
     asyncio.run(_execute(Path(argv[0]).resolve()))
     return 0
 

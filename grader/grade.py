@@ -179,13 +179,21 @@ class Grader:
             parts=parts,
             threads=self.config.threads,
         )
-        kill_status, kill_reason = execute.run_job(
+        run = execute.run_job(
             job_dir,
             self.config.notebook_timeout,
             readable=(self.data_dir,),
             hidden=self.hidden,
             memory_bytes=self.config.memory_limit,
         )
+        kill_status, kill_reason = run.status, run.reason
+        if not _sealed(job_dir, run.seal):
+            # The runner's files are not the ones it wrote (or it never got to say): trust none of them.
+            for name in ("cells.json", "executed.ipynb"):
+                _unlink(job_dir / name)
+            if not kill_status:
+                kill_status = "error"
+                kill_reason = "the runner's record of this run is missing or was altered after it was written"
         evidence = self.assemble(job_dir, neutralised, prepared, parts, kill_status, kill_reason)
         write_json_atomic(job_dir / "evidence.json", evidence)
         return evidence
@@ -197,6 +205,7 @@ class Grader:
             "deadline": "timeout",
             "timeout": "timeout",
             "memory": "memory",
+            "crashed": "error",
             "kernel_died": "kernel_died",
         }.get(evidence.status, "error")
         results = checks.run_checks(evidence, self.rubric, self.bounds)
@@ -225,7 +234,11 @@ class Grader:
             score=float(sum(r.score for r in results)),
             max_score=self.rubric.max_score,
             checks=results,
-            execution_time=time.monotonic() - started,
+            # A regrade from stored evidence reports the time the notebook really took, not the regrade's.
+            execution_time=max(
+                time.monotonic() - started,
+                (evidence.timings.get("runner_total", 0.0) + evidence.timings.get("evaluation", 0.0)) if evidence else 0.0,
+            ),
             timings=timings,
             grader_version=__version__,
             profile=self.config.profile,
@@ -262,15 +275,18 @@ class Grader:
     ) -> Evidence:
         cells_path = job_dir / "cells.json"
         run: dict[str, Any] = (
-            json.loads(cells_path.read_text()) if cells_path.exists() else {"status": "error", "cells": [], "timings": {}}
+            json.loads(cells_path.read_text())
+            if cells_path.is_file() and not cells_path.is_symlink()
+            else {"status": "error", "cells": [], "timings": {}}
         )
         cells = [from_jsonable(CellOutcome, c) for c in run.get("cells", [])]
         status, reason = run.get("status", "error"), run.get("reason", "")
         if kill_status:
             status, reason = kill_status, kill_reason
             ran = {c.index for c in cells}
+            cell_status, ename = ("deadline", "NotebookDeadline") if kill_status == "timeout" else ("unknown", "RunnerFailed")
             cells += [
-                CellOutcome(i, "deadline", 0.0, parts[i], "NotebookDeadline", kill_reason)
+                CellOutcome(i, cell_status, 0.0, parts[i], ename, kill_reason)
                 for i, cell in enumerate(prepared.cells)
                 if cell.cell_type == "code" and i not in ran
             ]
@@ -302,7 +318,7 @@ class Grader:
 
     def _read_records(self, artifacts: Path) -> tuple[list[FitRecord], list[EvaluateRecord]]:
         path = artifacts / "records.jsonl"
-        if not path.exists():
+        if not path.is_file() or path.is_symlink():
             return [], []
         if path.stat().st_size > MAX_RECORDS_BYTES:
             raise ValueError("records.jsonl is larger than the grader accepts")
@@ -321,7 +337,7 @@ class Grader:
     def _execution_counts(self, job_dir: Path) -> dict[int, int]:
         """Kernel execution count -> notebook cell index."""
         path = job_dir / "executed.ipynb"
-        if not path.exists():
+        if not path.is_file() or path.is_symlink():
             return {}
         nb = json.loads(path.read_text(encoding="utf-8"))
         return {
@@ -332,7 +348,7 @@ class Grader:
 
     def _printed(self, job_dir: Path) -> list[str]:
         path = job_dir / "executed.ipynb"
-        if not path.exists():
+        if not path.is_file() or path.is_symlink():
             return []
         nb = json.loads(path.read_text(encoding="utf-8"))
         lines: list[str] = []
@@ -537,6 +553,25 @@ class Grader:
                 )
             )
         return out
+
+
+def _sealed(job_dir: Path, seal: dict[str, str]) -> bool:
+    import hashlib
+
+    if not seal:
+        return False
+    for name, digest in seal.items():
+        path = job_dir / name
+        if path.is_symlink() or not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            return False
+    return True
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _describe_scaling(match: provenance.DataMatch) -> str:

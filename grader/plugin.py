@@ -87,12 +87,21 @@ def grading_config(config: pytest.Config) -> GradingConfig:
     return config.stash[CONFIG_KEY]
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_configure(config: pytest.Config) -> None:
-    # Under pytest-xdist, every check of one submission must run on the worker that executes its
-    # notebook (the items carry an xdist_group mark per submission): group scheduling, whatever -n says.
-    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") in ("load", "no"):
-        config.option.dist = "loadgroup"
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under pytest-xdist, send every check of one submission to the worker that executes its notebook."""
+    if config.getoption("dist", "load") not in ("load", "loadgroup"):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class BySubmission(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            # grader/test_grading.py::test_check[KEY::CHECK] -> KEY; other tests keep their module scope.
+            if _GRADING_MODULE in nodeid and "[" in nodeid:
+                return nodeid.split("[", 1)[1].rsplit("::", 1)[0]
+            return str(super()._split_scope(nodeid))
+
+    return BySubmission(config, log)
 
 
 def _bytes(text: str) -> int:

@@ -72,7 +72,7 @@ def _write_executed(target: Path, result: SubmissionResult, job_dir: Path | None
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".executed.", suffix=".tmp")
     os.close(fd)
     try:
-        if executed is not None and executed.exists():
+        if executed is not None and executed.is_file() and not executed.is_symlink():
             shutil.copyfile(executed, tmp)
         else:
             # The notebook never ran (invalid file, crash before start): explain that in a notebook of its own.

@@ -28,6 +28,7 @@ CGROUP_PARENT = "l1l2-grader"
 DEFAULT_MEMORY_LIMIT = 8 * 2**30
 DEFAULT_PIDS_LIMIT = 512
 MAX_FILE_BYTES = 2 * 2**30
+SCRATCH_BYTES = 512 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +118,7 @@ class Isolation:
     job_dir: Path
     readable: tuple[Path, ...] = ()
     hidden: tuple[Path, ...] = ()
+    scratch: tuple[Path, ...] = ()  # size-limited tmpfs mounts (inside the job dir)
 
 
 def wrap(command: list[str], isolation: Isolation) -> list[str]:
@@ -133,6 +135,9 @@ def wrap(command: list[str], isolation: Isolation) -> list[str]:
         "--tmpfs", "/tmp",
         "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
         "--die-with-parent", "--new-session",
+        # Started by root, the sandbox would keep every capability: enough to remount / read-write,
+        # unmount what hides the reference, or raise its own cgroup limits. Drop them all.
+        "--cap-drop", "ALL",
     ]
     needed = [(p, False) for p in _code_paths()] + [(p.resolve(), False) for p in isolation.readable]
     needed.append((isolation.job_dir.resolve(), True))
@@ -140,6 +145,7 @@ def wrap(command: list[str], isolation: Isolation) -> list[str]:
     for path in hidden:
         if path.exists() and path != Path("/"):
             args += ["--tmpfs", str(path)]
+
     # Bind back what the child needs, shallowest first, so a hidden folder can still hold it.
     for path, writable in sorted(set(needed), key=lambda item: len(item[0].parts)):
         if not path.exists():
@@ -147,6 +153,9 @@ def wrap(command: list[str], isolation: Isolation) -> list[str]:
         under_tmp = path.is_relative_to("/tmp")
         if writable or under_tmp or any(path.is_relative_to(h) for h in hidden):
             args += ["--bind" if writable else "--ro-bind", str(path), str(path)]
+    for path in isolation.scratch:
+        # The kernel's home and cwd: size-limited memory, gone with the sandbox, not the grader's disk.
+        args += ["--size", str(SCRATCH_BYTES), "--tmpfs", str(path.resolve())]
     return args + ["--", *command]
 
 
@@ -160,7 +169,9 @@ def _code_paths() -> list[Path]:
 
 
 def _default_hidden(extra: Iterable[Path]) -> list[Path]:
-    return [_REPO_ROOT / "reference", _REPO_ROOT / "submissions", _REPO_ROOT / "tests", *extra]
+    # The whole repo (its reference, tests, submissions and .git history); the grader package and a
+    # virtualenv inside it are bound back by _code_paths().
+    return [_REPO_ROOT, *extra]
 
 
 class Limits:
@@ -254,6 +265,7 @@ class Outcome:
     returncode: int | None  # None: killed at its deadline
     oom_killed: bool
     seconds: float
+    seal: str = ""  # what the child wrote to its private pipe (GRADER_SEAL_FD), if asked for one
 
 
 def run_isolated(
@@ -270,17 +282,25 @@ def run_isolated(
     import time
 
     started = time.monotonic()
+    # A pipe only the child holds: the kernel it starts does not inherit it (Jupyter closes fds), so
+    # what arrives here comes from the grader's own runner code, not from student code.
+    seal_read, seal_write = os.pipe()
+    env = {**runner_env(isolation.job_dir), "GRADER_SEAL_FD": str(seal_write)}
     with Limits(memory_bytes, pids) as limits, open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            wrap(command, isolation),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=runner_env(isolation.job_dir),
-            cwd=isolation.job_dir,
-            preexec_fn=limits.join,  # only joins cgroups and sets rlimits of the child itself
-        )
+        try:
+            proc = subprocess.Popen(
+                wrap(command, isolation),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+                cwd=isolation.job_dir,
+                pass_fds=(seal_write,),
+                preexec_fn=limits.join,  # only joins cgroups and sets rlimits of the child itself
+            )
+        finally:
+            os.close(seal_write)
         code: int | None
         try:
             code = proc.wait(timeout=timeout)
@@ -293,4 +313,22 @@ def run_isolated(
                 pass
             limits.kill_all()
             proc.wait()
-        return Outcome(code, limits.oom_killed(), time.monotonic() - started)
+        seal = _read_all(seal_read)
+        return Outcome(code, limits.oom_killed(), time.monotonic() - started, seal)
+
+
+def _read_all(fd: int, limit: int = 1 << 20) -> str:
+    chunks: list[bytes] = []
+    try:
+        os.set_blocking(fd, False)
+        while sum(len(c) for c in chunks) < limit:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", errors="replace")

@@ -16,7 +16,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     check_baseline(metafunc.config)
     params = [
-        pytest.param(sub.key, cid, id=f"{sub.key}::{cid}", marks=pytest.mark.xdist_group(sub.key))
+        pytest.param(sub.key, cid, id=f"{sub.key}::{cid}")
         for sub in submissions_of(metafunc.config)
         for cid in CHECK_IDS
     ]
