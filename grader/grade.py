@@ -33,7 +33,6 @@ from grader.records import (
     ModelFacts,
     SubmissionResult,
     from_jsonable,
-    to_jsonable,
     write_json_atomic,
 )
 
@@ -589,6 +588,3 @@ def _describe_scaling(match: provenance.DataMatch) -> str:
 def load_evidence(path: Path) -> Evidence:
     return from_jsonable(Evidence, json.loads(path.read_text()))
 
-
-def evidence_jsonable(ev: Evidence) -> Any:
-    return to_jsonable(ev)

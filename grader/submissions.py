@@ -11,7 +11,6 @@ import json
 import re
 import warnings
 from pathlib import Path
-from typing import Any
 
 import nbformat
 
@@ -221,13 +220,3 @@ def cell_parts(nb: nbformat.NotebookNode) -> list[str]:
         else:
             parts.append("other")
     return parts
-
-
-def source_digest(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def as_jsonable_notebook(nb: Any) -> dict[str, Any]:
-    return json.loads(nbformat.writes(nb))
