@@ -162,11 +162,47 @@ def graded(config: pytest.Config, key: str) -> SubmissionResult:
         # first and then regrades from its stored execution instead of running the notebook again.
         with _submission_lock(grader.config.jobs_dir, key):
             results[key] = result = grader.grade(sub)
-        _progress(
-            config,
-            f"graded {key}: {result.score:g} / {result.max_score:g}, {result.status}, {result.execution_time:.0f} s",
+        config.stash[PROGRESS_KEY] = (
+            f"graded {key}: {result.score:g} / {result.max_score:g}, {result.status}, {result.execution_time:.0f} s"
         )
     return results[key]
+
+
+PROGRESS_KEY = pytest.StashKey[str]()
+
+
+def take_progress(config: pytest.Config) -> str:
+    """The line announcing a submission that was just graded, once."""
+    line = config.stash.get(PROGRESS_KEY, "")
+    config.stash[PROGRESS_KEY] = ""
+    return line
+
+
+class _ProgressPrinter:
+    """Prints the line each graded submission's item carries (test output itself is captured).
+
+    Registered on the controller only: under pytest-xdist the line travels in the item's report.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        for name, value in report.user_properties:
+            if name == "grading" and reporter is not None:
+                if getattr(self.config.option, "numprocesses", None):
+                    reporter.write("\n")  # xdist's progress does not track the current line
+                else:
+                    reporter.ensure_newline()
+                reporter.write_line(str(value))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_ProgressPrinter(config), "grader-progress")
 
 
 @contextlib.contextmanager
@@ -182,12 +218,6 @@ def _submission_lock(jobs_dir: Path, key: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _progress(config: pytest.Config, line: str) -> None:
-    """One line per submission as it finishes (under xdist, the worker's output is not shown)."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and not hasattr(config, "workerinput"):
-        reporter.ensure_newline()
-        reporter.write_line(line)
 
 
 GRADING_KEY = pytest.StashKey[bool]()

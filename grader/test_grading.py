@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from grader.checks import CHECK_IDS
-from grader.plugin import check_baseline, graded, submissions_of
+from grader.plugin import check_baseline, graded, submissions_of, take_progress
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -25,6 +25,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def test_check(submission: str, check: str, request: pytest.FixtureRequest) -> None:
     result = graded(request.config, submission)
+    line = take_progress(request.config)
+    if line:
+        request.node.user_properties.append(("grading", line))
     verdict = next(c for c in result.checks if c.id == check)
     points = f"[{verdict.score:g}/{verdict.max_score:g} points]"
     if not verdict.passed:
