@@ -201,7 +201,9 @@ def _kernel_env(job_dir: Path, seed: int, threads: int | None) -> dict[str, str]
         "TF_DETERMINISTIC_OPS": "1",
         "LANG": "C.UTF-8",
     }
-    for passthrough in ("LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "TMPDIR"):
+    from grader.sandbox import PASSTHROUGH_ENV
+
+    for passthrough in PASSTHROUGH_ENV:
         if passthrough in os.environ:
             env[passthrough] = os.environ[passthrough]
     if threads:

@@ -29,6 +29,9 @@ DEFAULT_MEMORY_LIMIT = 8 * 2**30
 DEFAULT_PIDS_LIMIT = 512
 MAX_FILE_BYTES = 2 * 2**30
 SCRATCH_BYTES = 512 * 2**20
+# The only variables of the grading process a child (and the kernel) inherits: library and device
+# settings. Not TMPDIR: the sandbox has its own /tmp, and the grader's may be hidden there.
+PASSTHROUGH_ENV = ("LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +108,7 @@ def runner_env(job_dir: Path) -> dict[str, str]:
         "KERAS_HOME": str(home / ".keras"),
         "MPLBACKEND": "Agg",
     }
-    for passthrough in ("LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+    for passthrough in PASSTHROUGH_ENV:
         if passthrough in os.environ:
             env[passthrough] = os.environ[passthrough]
     return env
