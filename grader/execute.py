@@ -52,6 +52,7 @@ def write_job(
     notebook_timeout: float,
     parts: list[str],
     threads: int | None = None,
+    gpu_index: int | None = None,
 ) -> None:
     """Lay out a job dir for the runner."""
     if job_dir.exists():
@@ -69,6 +70,7 @@ def write_job(
             "notebook_timeout": notebook_timeout,
             "parts": parts,
             "threads": threads,
+            "gpu": gpu_index,
         },
     )
 
@@ -80,6 +82,7 @@ class RunResult:
     status: str  # "" (it finished), "timeout", "memory" or "crashed"
     reason: str
     seal: dict[str, str]  # file name -> sha256, sent by the runner over its private pipe
+    cpu_seconds: float | None = None  # CPU time of the runner and its kernel (cgroup cpuacct), where measured
 
 
 def run_job(
@@ -108,13 +111,13 @@ def run_job(
         seal = {}
     if outcome.oom_killed:
         reason = f"the notebook used more memory than the grader allows ({limit / 2**30:.1f} GiB) and its kernel was killed"
-        return RunResult("memory", reason, seal)
+        return RunResult("memory", reason, seal, outcome.cpu_seconds)
     if outcome.returncode is None:
         reason = f"the runner did not finish within the notebook deadline ({notebook_timeout:.0f} s) and was killed"
-        return RunResult("timeout", reason, seal)
+        return RunResult("timeout", reason, seal, outcome.cpu_seconds)
     if outcome.returncode != 0:
-        return RunResult("crashed", f"the runner process ended with status {outcome.returncode}", seal)
-    return RunResult("", "", seal)
+        return RunResult("crashed", f"the runner process ended with status {outcome.returncode}", seal, outcome.cpu_seconds)
+    return RunResult("", "", seal, outcome.cpu_seconds)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,7 +190,7 @@ def _bootstrap_source(job_dir: Path, data_dir: str, seed: int) -> str:
     )
 
 
-def _kernel_env(job_dir: Path, seed: int, threads: int | None) -> dict[str, str]:
+def _kernel_env(job_dir: Path, seed: int, threads: int | None, gpu_index: int | None = None) -> dict[str, str]:
     home = job_dir / "home"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -206,6 +209,11 @@ def _kernel_env(job_dir: Path, seed: int, threads: int | None) -> dict[str, str]
     for passthrough in PASSTHROUGH_ENV:
         if passthrough in os.environ:
             env[passthrough] = os.environ[passthrough]
+    from grader import gpu
+
+    env.update(gpu.GROWTH_ENV)
+    if gpu_index is not None:  # the one GPU this kernel holds (grader/gpu.py)
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu_index)
     if threads:
         for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(threads)
@@ -247,6 +255,7 @@ async def _execute(job_dir: Path) -> None:
     nb = nbformat.read(str(job_dir / "input.ipynb"), as_version=4)
     parts: list[str] = job["parts"]
     started = time.monotonic()
+    cpu_before = _children_cpu()
     deadline = started + float(job["notebook_timeout"])
     cell_timeout = float(job["cell_timeout"])
     outcomes: dict[int, CellOutcome] = {}
@@ -285,7 +294,7 @@ async def _execute(job_dir: Path) -> None:
     status, reason = "completed", ""
     save("running", "")
     try:
-        async with client.async_setup_kernel(env=_kernel_env(job_dir, job["seed"], job.get("threads"))):
+        async with client.async_setup_kernel(env=_kernel_env(job_dir, job["seed"], job.get("threads"), job.get("gpu"))):
             timings["kernel_start"] = time.monotonic() - started
             boot = nbformat.v4.new_code_cell(_bootstrap_source(job_dir, job["data_dir"], job["seed"]))
             t0 = time.monotonic()
@@ -356,9 +365,20 @@ async def _execute(job_dir: Path) -> None:
             timings["cells"] = time.monotonic() - t_cells
     except Exception as exc:  # kernel failed to start, bootstrap failed, nbclient broke
         status, reason = "error", f"{type(exc).__name__}: {exc}"[:1000]
+    # Shutting the kernel down reaped it, so its CPU time (every thread, and any child it waited
+    # for) is now counted among this process's children: the kernel is the runner's only child.
+    timings["kernel_cpu"] = _children_cpu() - cpu_before
     timings["total"] = time.monotonic() - started
     save(status, reason)
     _seal(job_dir, ("cells.json", "executed.ipynb"))
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's terminated and reaped children."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return float(usage.ru_utime + usage.ru_stime)
 
 
 def _seal(job_dir: Path, names: tuple[str, ...]) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from grader import __version__, checks, execute, feedback, provenance, report, submissions
+from grader import __version__, checks, execute, feedback, gpu, provenance, report, submissions
 from grader.datasets import DatasetStore, boston_split
 from grader.records import (
     ArrayFingerprint,
@@ -39,6 +39,7 @@ from grader.records import (
 # The modules whose behaviour shapes an execution's evidence (a change re-executes notebooks).
 _EXECUTION_CODE = (
     "bootstrap.py", "execute.py", "evaluate.py", "inspect.py", "provenance.py", "submissions.py", "grade.py", "datasets.py",
+    "sandbox.py", "gpu.py",
 )
 MAX_RECORDS_BYTES = 50 * 1024 * 1024
 MAX_SAMPLES_BYTES = 200 * 1024 * 1024
@@ -79,6 +80,7 @@ class Grader:
         self.config = config
         self.store = DatasetStore(config.profile, cache_dir=config.data_cache, data_dir=config.data_dir)
         self.rubric = checks.load_rubric(config.rubric_path)
+        self._evaluator_cpu: float | None = None  # of the submission being assembled (cgroup cpuacct)
 
     @cached_property
     def baseline(self) -> dict[str, Any]:
@@ -168,32 +170,37 @@ class Grader:
         nb = submissions.read_notebook(notebook)
         prepared, neutralised = submissions.prepare(nb)
         parts = submissions.cell_parts(prepared)
-        execute.write_job(
-            job_dir,
-            prepared,
-            data_dir=self.data_dir,
-            seed=self.config.seed,
-            cell_timeout=self.config.cell_timeout,
-            notebook_timeout=self.config.notebook_timeout,
-            parts=parts,
-            threads=self.config.threads,
-        )
-        run = execute.run_job(
-            job_dir,
-            self.config.notebook_timeout,
-            readable=(self.data_dir,),
-            hidden=self.hidden,
-            memory_bytes=self.config.memory_limit,
-        )
-        kill_status, kill_reason = run.status, run.reason
-        if not _sealed(job_dir, run.seal):
-            # The runner's files are not the ones it wrote (or it never got to say): trust none of them.
-            for name in ("cells.json", "executed.ipynb"):
-                _unlink(job_dir / name)
-            if not kill_status:
-                kill_status = "error"
-                kill_reason = "the runner's record of this run is missing or was altered after it was written"
-        evidence = self.assemble(job_dir, neutralised, prepared, parts, kill_status, kill_reason)
+        # With GPUs, the kernel and the evaluator run while this submission holds one (grader/gpu.py).
+        with gpu.slot(self.config.grades_dir / ".gpu") as gpu_index:
+            execute.write_job(
+                job_dir,
+                prepared,
+                data_dir=self.data_dir,
+                seed=self.config.seed,
+                cell_timeout=self.config.cell_timeout,
+                notebook_timeout=self.config.notebook_timeout,
+                parts=parts,
+                threads=self.config.threads,
+                gpu_index=gpu_index,
+            )
+            run = execute.run_job(
+                job_dir,
+                self.config.notebook_timeout,
+                readable=(self.data_dir,),
+                hidden=self.hidden,
+                memory_bytes=self.config.memory_limit,
+            )
+            kill_status, kill_reason = run.status, run.reason
+            if not _sealed(job_dir, run.seal):
+                # The runner's files are not the ones it wrote (or it never got to say): trust none of them.
+                for name in ("cells.json", "executed.ipynb"):
+                    _unlink(job_dir / name)
+                if not kill_status:
+                    kill_status = "error"
+                    kill_reason = "the runner's record of this run is missing or was altered after it was written"
+            evidence = self.assemble(job_dir, neutralised, prepared, parts, kill_status, kill_reason)
+        if run.cpu_seconds is not None:
+            evidence = dataclasses.replace(evidence, timings={**evidence.timings, "sandbox_runner_cpu": run.cpu_seconds})
         write_json_atomic(job_dir / "evidence.json", evidence)
         return evidence
 
@@ -294,11 +301,15 @@ class Grader:
         fits, evals = self._read_records(job_dir / "artifacts")
         cell_of = self._execution_counts(job_dir)
         t0 = time.monotonic()
+        self._evaluator_cpu = None
         models = self._models(job_dir, fits, cell_of)
         evaluations = self._evaluations(job_dir, evals, models)
-        # Phase timings: the runner's (kernel start, set-up cell, student cells) and the grader's own.
+        # Phase timings: the runner's (kernel start, set-up cell, student cells, the kernel's CPU
+        # seconds) and the grader's own; CPU seconds of the sandboxed children where cgroups count them.
         timings = {f"runner_{k}": float(v) for k, v in run.get("timings", {}).items()}
         timings["evaluation"] = time.monotonic() - t0
+        if self._evaluator_cpu is not None:
+            timings["sandbox_evaluator_cpu"] = self._evaluator_cpu
         timings["training"] = float(sum(m.train_seconds for m in models))
         return Evidence(
             status=status,
@@ -521,6 +532,8 @@ class Grader:
             log_path=eval_dir / "evaluator.log",
             memory_bytes=self.config.memory_limit or sandbox.DEFAULT_MEMORY_LIMIT,
         )
+        if outcome.cpu_seconds is not None:
+            self._evaluator_cpu = (self._evaluator_cpu or 0.0) + outcome.cpu_seconds
         result_path = eval_dir / "evaluation.json"
         if outcome.returncode != 0 or not result_path.exists():
             tail = (eval_dir / "evaluator.log").read_text(errors="replace")[-800:]

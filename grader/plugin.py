@@ -34,6 +34,8 @@ _OPTIONS: list[tuple[str, str, Any, type, str]] = [
     ("--notebook-timeout", "GRADER_NOTEBOOK_TIMEOUT", 1800.0, float, "seconds a whole notebook may run"),
     ("--seed", "GRADER_SEED", 0, int, "the seed pinned in every kernel"),
     ("--memory-limit", "GRADER_MEMORY_LIMIT", "8G", str, "memory one notebook (kernel and runner) may use, e.g. 8G, 512M"),
+    ("--threads", "GRADER_THREADS", "auto", str, "CPU threads per kernel; auto: the cores divided by the pytest-xdist workers"),
+    ("--rubric", "GRADER_RUBRIC", None, str, "the rubric file (points and settings); default grader/rubric.toml"),
 ]
 
 
@@ -73,6 +75,7 @@ def grading_config(config: pytest.Config) -> GradingConfig:
             raise pytest.UsageError(f"option --profile: expected smoke, full or tiny, got {profile!r}")
         root = Path(str(config.invocation_params.dir))
         data_dir = _setting(config, "--data-dir")
+        rubric = _setting(config, "--rubric")
         config.stash[CONFIG_KEY] = GradingConfig(
             grades_dir=(root / _setting(config, "--grades-dir")).resolve(),
             profile=profile,
@@ -83,8 +86,59 @@ def grading_config(config: pytest.Config) -> GradingConfig:
             force=bool(config.getoption("--force")),
             memory_limit=_bytes(_setting(config, "--memory-limit")),
             hidden=(_submissions_dir(config),),
+            rubric_path=(root / rubric).resolve() if rubric else checks.RUBRIC_PATH,
+            threads=_threads(_setting(config, "--threads"), _workers(config)),
         )
     return config.stash[CONFIG_KEY]
+
+
+def available_cores() -> int:
+    """The CPUs this process may use: its affinity mask, lowered by a cgroup CPU quota where one is set."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    quota = None
+    try:
+        v2 = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if v2 and v2[0] != "max":
+            quota = int(v2[0]) / int(v2[1])
+    except (OSError, ValueError, IndexError):
+        try:
+            cpu = Path("/sys/fs/cgroup/cpu")
+            us = int((cpu / "cpu.cfs_quota_us").read_text())
+            if us > 0:
+                quota = us / int((cpu / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError, ZeroDivisionError):
+            pass
+    if quota is not None:
+        cores = min(cores, max(1, int(quota)))
+    return max(1, cores)
+
+
+def threads_per_kernel(cores: int, workers: int) -> int:
+    """Threads for each kernel so that ``workers`` kernels running at once share ``cores`` without oversubscribing."""
+    return max(1, cores // max(1, workers))
+
+
+def _workers(config: pytest.Config) -> int:
+    """How many notebooks this run executes at once: pytest-xdist's worker count, else 1."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        return int(workerinput.get("workercount", 1))
+    return 1
+
+
+def _threads(text: str, workers: int) -> int:
+    if text.strip().lower() == "auto":
+        return threads_per_kernel(available_cores(), workers)
+    try:
+        threads = int(text)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise pytest.UsageError(f"option --threads: expected auto or a positive number, got {text!r}")
+    return threads
 
 
 @pytest.hookimpl(optionalhook=True)

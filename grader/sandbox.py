@@ -21,6 +21,8 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from grader import gpu
+
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _PACKAGE_DIR = Path(__file__).resolve().parent
 CGROUP_V1 = Path("/sys/fs/cgroup")
@@ -42,6 +44,7 @@ class Protections:
     memory_cgroup: bool
     pids_cgroup: bool
     notes: tuple[str, ...]
+    cpu_accounting: bool = False  # a cgroup v1 cpuacct controller: each child's CPU time is measured
 
 
 @functools.cache
@@ -65,7 +68,7 @@ def probe() -> Protections:
         notes.append("no writable cgroup v1 memory controller: the memory limit is off")
     if not pids:
         notes.append("no writable cgroup v1 pids controller: the process limit is off")
-    return Protections(bubblewrap, memory, pids, tuple(notes))
+    return Protections(bubblewrap, memory, pids, tuple(notes), _cgroup_writable("cpuacct"))
 
 
 def _cgroup_writable(controller: str) -> bool:
@@ -107,6 +110,7 @@ def runner_env(job_dir: Path) -> dict[str, str]:
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "KERAS_HOME": str(home / ".keras"),
         "MPLBACKEND": "Agg",
+        **gpu.GROWTH_ENV,
     }
     for passthrough in PASSTHROUGH_ENV:
         if passthrough in os.environ:
@@ -134,6 +138,7 @@ def wrap(command: list[str], isolation: Isolation) -> list[str]:
         bwrap,
         "--ro-bind", "/", "/",
         "--dev", "/dev",
+        *[arg for node in gpu.device_nodes() for arg in ("--dev-bind-try", node, node)],
         "--proc", "/proc",
         "--tmpfs", "/tmp",
         "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
@@ -204,6 +209,10 @@ class Limits:
             group.mkdir()
             (group / "pids.max").write_text(str(self.pids))
             self.groups["pids"] = group
+        if p.cpu_accounting:
+            group = CGROUP_V1 / "cpuacct" / CGROUP_PARENT / self.name
+            group.mkdir()
+            self.groups["cpuacct"] = group
         return self
 
     def join(self) -> None:
@@ -229,6 +238,16 @@ class Limits:
             return int((group / "memory.failcnt").read_text()) > 0 and False
         except OSError:
             return False
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) used so far by every process that was in the groups; None without cpuacct."""
+        group = self.groups.get("cpuacct")
+        if group is None:
+            return None
+        try:
+            return int((group / "cpuacct.usage").read_text()) / 1e9
+        except (OSError, ValueError):
+            return None
 
     def kill_all(self) -> None:
         """Kill every process still in the groups (daemons that left the process group included)."""
@@ -269,6 +288,7 @@ class Outcome:
     oom_killed: bool
     seconds: float
     seal: str = ""  # what the child wrote to its private pipe (GRADER_SEAL_FD), if asked for one
+    cpu_seconds: float | None = None  # CPU time of the child and all its descendants (cgroup cpuacct), if measured
 
 
 def run_isolated(
@@ -317,7 +337,7 @@ def run_isolated(
             limits.kill_all()
             proc.wait()
         seal = _read_all(seal_read)
-        return Outcome(code, limits.oom_killed(), time.monotonic() - started, seal)
+        return Outcome(code, limits.oom_killed(), time.monotonic() - started, seal, limits.cpu_seconds())
 
 
 def _read_all(fd: int, limit: int = 1 << 20) -> str:

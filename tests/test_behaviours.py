@@ -118,3 +118,16 @@ def test_a_regrade_gives_identical_scores_and_metrics(runs: list[Path]) -> None:
         ]
         metrics = [[m["metric"] for m in _evidence(run, key)["models"]] for run in runs]
         assert metrics[0] == metrics[1]
+
+
+def test_each_model_is_attributed_to_the_cell_that_trained_it(runs: list[Path]) -> None:
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOKS / f"{KEY_MODELS}.ipynb", as_version=4)
+    practice = next(i for i, cell in enumerate(nb.cells) if cell.cell_type == "markdown" and "Practice" in cell.source)
+    fitting = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code" and ".fit(" in cell.source]
+    expected = {"boston": [i for i in fitting if i < practice], "cifar10": [i for i in fitting if i > practice]}
+    models = _evidence(runs[0], KEY_MODELS)["models"]
+    assert models, "the notebook trains models"
+    for m in models:
+        assert [m["cell"]] == expected[m["dataset"]], f"a {m['dataset']} model is attributed to cell {m['cell']}"

@@ -18,7 +18,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from grader.checks import CHECK_IDS
+from grader.checks import CHECK_IDS, load_rubric
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "submissions"
@@ -122,8 +122,9 @@ def test_the_run_fails_when_students_fail_and_prints_the_summary_table(graded: d
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = re.split(r"=+ grades =+", proc.stdout)[-1]
     assert "gradebook:" in table
+    max_score = f"{load_rubric().max_score:g}"
     for key in EXPECTED:
-        assert re.search(rf"^{re.escape(key)}\s+\d+ / 14", table, re.M), table
+        assert re.search(rf"^{re.escape(key)}\s+\d+ / {max_score}\b", table, re.M), table
 
 
 @pytest.mark.parametrize("key", sorted(EXPECTED))
@@ -152,6 +153,14 @@ def test_the_solution_scores_full_marks(graded: dict[str, Any]) -> None:
     result = graded["results"]["solution"]
     assert result["score"] == sum(t["max_score"] for t in result["tests"]) > 0
     assert result["extra_data"]["submission"]["status"] == "graded"
+
+
+def test_the_results_carry_the_kernels_cpu_time(graded: dict[str, Any]) -> None:
+    timings = graded["results"]["solution"]["extra_data"]["submission"]["timings"]
+    assert timings["runner_kernel_cpu"] > 0
+    if "sandbox_runner_cpu" in timings:  # where cgroup cpuacct counts the runner and its kernel
+        assert timings["sandbox_runner_cpu"] >= 0.99 * timings["runner_kernel_cpu"]
+        assert timings["sandbox_evaluator_cpu"] > 0
 
 
 def test_the_distributed_notebook_scores_zero_and_names_the_name_error_and_activity_penalty(graded: dict[str, Any]) -> None:

@@ -1,0 +1,60 @@
+"""The grading benchmark's plain side: execute a notebook with nbclient, nothing else.
+
+    python benchmarks/run_plain.py NOTEBOOK OUT.ipynb TIMINGS.json [CELL_TIMEOUT]
+
+One fresh ``python3`` kernel, every cell in order with nbclient's own ``execute_cell``, going on after
+errors (as the grader and nbgrader do), the executed notebook written at the end. No sandbox, no
+seeds, no recorder, no evaluation: ``benchmarks/grading.py`` hands it a notebook whose first cell
+serves the data offline. It writes its phase timings (same names as the grader's runner) and the
+kernel's CPU seconds to TIMINGS.json.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return float(usage.ru_utime + usage.ru_stime)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (3, 4):
+        print(__doc__, file=sys.stderr)
+        return 2
+    import nbformat
+    from nbclient import NotebookClient
+
+    source, out, timings_path = Path(argv[0]), Path(argv[1]), Path(argv[2])
+    timeout = int(float(argv[3])) if len(argv) == 4 else 600
+    nb = nbformat.read(str(source), as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        allow_errors=True,
+        resources={"metadata": {"path": str(source.parent)}},
+    )
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    cpu_before = _children_cpu()
+    with client.setup_kernel():
+        timings["kernel_start"] = time.monotonic() - started
+        t_cells = time.monotonic()
+        for index, cell in enumerate(nb.cells):
+            client.execute_cell(cell, index)
+        timings["cells"] = time.monotonic() - t_cells
+    timings["kernel_cpu"] = _children_cpu() - cpu_before  # the kernel was reaped when it shut down
+    timings["total"] = time.monotonic() - started
+    nbformat.write(nb, str(out))
+    timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

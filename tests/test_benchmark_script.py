@@ -1,0 +1,94 @@
+"""The grading benchmark's arithmetic and report (benchmarks/grading.py), from given timings; nothing is timed."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from grader import checks
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("grading_benchmark", ROOT / "benchmarks" / "grading.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(bench: ModuleType, label: str, wall: float, cpu: float) -> object:
+    return bench.Run(label, ["true"], wall, cpu, 0, "log")
+
+
+def test_single_notebook_ratios_are_against_plain_nbclient_and_nbgrader(bench: ModuleType) -> None:
+    single = {
+        "plain nbclient": _run(bench, "plain nbclient", 50.0, 80.0),
+        "nbgrader autograde": _run(bench, "nbgrader autograde", 55.0, 90.0),
+        "pytest grader/": _run(bench, "pytest grader/", 60.0, 100.0),
+    }
+    summary = bench.summarize(single, {"pytest grader/": {"cells": 40.0}}, {}, {}, None, 2)
+    assert summary["single"]["plain nbclient"]["wall_vs_plain"] == pytest.approx(1.0)
+    assert summary["single"]["pytest grader/"]["wall_vs_plain"] == pytest.approx(1.2)
+    assert summary["single"]["pytest grader/"]["cpu_vs_plain"] == pytest.approx(1.25)
+    assert summary["single"]["pytest grader/"]["wall_vs_nbgrader"] == pytest.approx(60 / 55)
+    assert summary["single"]["nbgrader autograde"]["wall_vs_plain"] == pytest.approx(1.1)
+    assert summary["batch"] == {} and summary["regrade"] is None
+    report = bench.format_report(summary)
+    assert "1.20x" in report and "1.09x" in report and "cells 40.0 s" in report
+
+
+def test_batch_speedup_kernel_cpu_per_core_and_regrade(bench: ModuleType) -> None:
+    batch = {
+        "-n 1": _run(bench, "-n 1", 100.0, 190.0),
+        "-n 2": _run(bench, "-n 2", 80.0, 180.0),
+    }
+    kernel_cpu = {"-n 1": 150.0, "-n 2": 140.0}
+    regrade = _run(bench, "regrade", 10.0, 8.0)
+    threads = {"-n 1": {"workers": 1, "threads_per_kernel": 2}, "-n 2": {"workers": 2, "threads_per_kernel": 1}}
+    summary = bench.summarize({}, {}, batch, kernel_cpu, regrade, 2, threads)
+    n2 = summary["batch"]["-n 2"]
+    assert (n2["workers"], n2["threads_per_kernel"]) == (2, 1)
+    assert n2["speedup_vs_n1"] == pytest.approx(1.25)
+    assert n2["kernel_cpu_per_core"] == pytest.approx(70.0)
+    assert n2["wall_vs_kernel_cpu_per_core"] == pytest.approx(80 / 70)
+    assert n2["wall_vs_all_cpu_per_core"] == pytest.approx(80 / 90)
+    assert summary["batch"]["-n 1"]["speedup_vs_n1"] == pytest.approx(1.0)
+    assert summary["regrade"] == {"wall": 10.0, "scratch_wall": 100.0, "regrade_vs_scratch": pytest.approx(0.1)}
+    report = bench.format_report(summary)
+    assert "1.25x" in report and "0.10x" in report and "2x1t" in report and "1x2t" in report
+
+
+def test_missing_kernel_cpu_gives_no_ratio_rather_than_a_wrong_one(bench: ModuleType) -> None:
+    summary = bench.summarize({}, {}, {"-n 2": _run(bench, "-n 2", 80.0, 0.0)}, {}, None, 2)
+    row = summary["batch"]["-n 2"]
+    assert row["kernel_cpu"] is None and row["wall_vs_kernel_cpu_per_core"] is None
+    assert row["speedup_vs_n1"] is None
+    assert "-n 2" in bench.format_report(summary)
+
+
+def test_the_edited_rubric_changes_points_only(bench: ModuleType, tmp_path: Path) -> None:
+    original = checks.load_rubric(checks.RUBRIC_PATH)
+    edited = checks.load_rubric(bench.edited_rubric(checks.RUBRIC_PATH, tmp_path / "rubric.toml"))
+    assert edited.max_score == original.max_score + 1
+    assert edited.settings == original.settings
+    changed = [cid for cid in checks.CHECK_IDS if edited.checks[cid].points != original.checks[cid].points]
+    assert len(changed) == 1
+
+
+def test_metric_spread_finds_the_largest_difference_between_configurations(bench: ModuleType) -> None:
+    metrics = {
+        "-n 1": {"a cnn.l1_accuracy": 0.40, "a recap.l1_mse": 50.0},
+        "-n 2": {"a cnn.l1_accuracy": 0.41, "a recap.l1_mse": 50.0},
+    }
+    spread = bench.metric_spread(metrics)
+    assert spread["compared"] == 2 and spread["where"] == "a cnn.l1_accuracy"
+    assert spread["max_abs_difference"] == pytest.approx(0.01)
+    assert bench.metric_spread({"-n 1": {"x": 1.0}, "-n 2": {"x": 1.0}})["where"] == ""
