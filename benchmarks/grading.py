@@ -47,10 +47,13 @@ if str(ROOT) not in sys.path:
 
 PYTHON = sys.executable
 BENCH_VENV = ROOT / ".venv-bench"
+# --threads auto: each kernel gets cores // workers threads, so the batch measures parallel kernels
+# that do not oversubscribe the cores (the grader's default, --threads cores, keeps every kernel at
+# all cores so that grades do not depend on -n).
 BATCH_CONFIGS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("-n 1", ("-n", "1")),
-    ("-n 2", ("-n", "2")),
-    ("-n auto", ("-n", "auto")),
+    ("-n 1", ("-n", "1", "--threads", "auto")),
+    ("-n 2", ("-n", "2", "--threads", "auto")),
+    ("-n auto", ("-n", "auto", "--threads", "auto")),
 )
 ASSIGNMENT = "l1l2"
 STUDENT = "student01"
@@ -505,7 +508,7 @@ class Bench:
         evidence = {p: p.stat().st_mtime_ns for p in grades.glob(".jobs/*/evidence.json")}
         self.regrade = timed(
             "regrade -n 1 (rubric points edited)",
-            grade_command(self.args, subs, grades, "-n", "1", "--rubric", str(rubric)),
+            grade_command(self.args, subs, grades, "-n", "1", "--threads", "auto", "--rubric", str(rubric)),
             log=self.work / "batch" / "regrade.log",
             env=grader_env(),
             ok=(0, 1),

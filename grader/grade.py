@@ -153,7 +153,10 @@ class Grader:
         digest.update(notebook.read_bytes())
         for name in _EXECUTION_CODE:
             digest.update((Path(__file__).parent / name).read_bytes())
-        settings = (self.config.profile, self.config.seed, self.config.cell_timeout, self.config.notebook_timeout)
+        settings = (
+            self.config.profile, self.config.seed, self.config.cell_timeout, self.config.notebook_timeout,
+            self.config.threads,  # the thread count moves metrics in their last digits (plugin._threads)
+        )
         digest.update(repr((__version__, settings, self.store.fingerprint)).encode())
         return digest.hexdigest()
 

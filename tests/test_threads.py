@@ -22,6 +22,7 @@ def test_each_kernel_gets_its_share_of_the_cores(cores: int, workers: int, threa
 def test_auto_divides_the_available_cores_by_the_workers() -> None:
     cores = plugin.available_cores()
     assert cores >= 1
+    assert plugin._threads("cores", 1) == plugin._threads("cores", 2) == cores
     assert plugin._threads("auto", 1) == cores
     assert plugin._threads(" AUTO ", 2) == max(1, cores // 2)
     assert plugin._threads("3", 2) == 3
