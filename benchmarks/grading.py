@@ -562,15 +562,8 @@ def command_line(args: list[str]) -> str:
 
 def machine() -> dict[str, Any]:
     from grader.plugin import available_cores
+    from reference.__main__ import cpu_model
 
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     mem = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -579,7 +572,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {
-        "cpu_model": model or platform.processor(),
+        "cpu_model": cpu_model(),
         "cores": available_cores(),
         "cpu_count": os.cpu_count(),
         "memory_gib": mem,

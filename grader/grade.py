@@ -80,7 +80,6 @@ class Grader:
         self.config = config
         self.store = DatasetStore(config.profile, cache_dir=config.data_cache, data_dir=config.data_dir)
         self.rubric = checks.load_rubric(config.rubric_path)
-        self._evaluator_cpu: float | None = None  # of the submission being assembled (cgroup cpuacct)
 
     @cached_property
     def baseline(self) -> dict[str, Any]:
@@ -303,16 +302,13 @@ class Grader:
             status, reason = "error", "the runner stopped before finishing (it crashed or was killed)"
         fits, evals = self._read_records(job_dir / "artifacts")
         cell_of = self._execution_counts(job_dir)
-        t0 = time.monotonic()
-        self._evaluator_cpu = None
-        models = self._models(job_dir, fits, cell_of)
-        evaluations = self._evaluations(job_dir, evals, models)
         # Phase timings: the runner's (kernel start, set-up cell, student cells, the kernel's CPU
         # seconds) and the grader's own; CPU seconds of the sandboxed children where cgroups count them.
         timings = {f"runner_{k}": float(v) for k, v in run.get("timings", {}).items()}
+        t0 = time.monotonic()
+        models = self._models(job_dir, fits, cell_of, timings)
+        evaluations = self._evaluations(job_dir, evals, models)
         timings["evaluation"] = time.monotonic() - t0
-        if self._evaluator_cpu is not None:
-            timings["sandbox_evaluator_cpu"] = self._evaluator_cpu
         timings["training"] = float(sum(m.train_seconds for m in models))
         return Evidence(
             status=status,
@@ -390,7 +386,9 @@ class Grader:
     def _match(self, job_dir: Path, fp: ArrayFingerprint) -> provenance.DataMatch:
         return provenance.identify_any(fp, self._samples(job_dir, fp), list(self.canonicals.values()))
 
-    def _models(self, job_dir: Path, fits: list[FitRecord], cell_of: dict[int, int]) -> list[ModelEvidence]:
+    def _models(
+        self, job_dir: Path, fits: list[FitRecord], cell_of: dict[int, int], timings: dict[str, float]
+    ) -> list[ModelEvidence]:
         last: dict[str, FitRecord] = {}
         all_fits: dict[str, list[FitRecord]] = {}
         for fit in fits:
@@ -424,7 +422,7 @@ class Grader:
                     "sample_shape": match.sample_shape,
                 }
             entries.append((fit, match, spec, label_map))
-        facts = self._evaluate(job_dir, [(fit, spec) for fit, _, spec, _ in entries])
+        facts = self._evaluate(job_dir, [(fit, spec) for fit, _, spec, _ in entries], timings)
         out = []
         for fit, match, spec, label_map in entries:
             f = facts.get(fit.index)
@@ -499,7 +497,9 @@ class Grader:
             return None, f"the model outputs {flat.shape[1]} values per image; 10 class scores were expected"
         return float(np.mean(np.argmax(flat, axis=1) == y.astype(int))), ""
 
-    def _evaluate(self, job_dir: Path, models: list[tuple[FitRecord, dict[str, Any] | None]]) -> dict[int, ModelFacts]:
+    def _evaluate(
+        self, job_dir: Path, models: list[tuple[FitRecord, dict[str, Any] | None]], timings: dict[str, float]
+    ) -> dict[int, ModelFacts]:
         if not models:
             return {}
         eval_dir = job_dir / "eval"
@@ -536,7 +536,7 @@ class Grader:
             memory_bytes=self.config.memory_limit or sandbox.DEFAULT_MEMORY_LIMIT,
         )
         if outcome.cpu_seconds is not None:
-            self._evaluator_cpu = (self._evaluator_cpu or 0.0) + outcome.cpu_seconds
+            timings["sandbox_evaluator_cpu"] = outcome.cpu_seconds
         result_path = eval_dir / "evaluation.json"
         if outcome.returncode != 0 or not result_path.exists():
             tail = (eval_dir / "evaluator.log").read_text(errors="replace")[-800:]

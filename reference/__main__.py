@@ -48,16 +48,19 @@ def metrics_of(ev: Evidence) -> dict[str, float]:
     return out
 
 
-def machine() -> dict[str, Any]:
-    cpu = ""
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return {"platform": platform.platform(), "cpu": cpu or platform.processor(), "cores": os.cpu_count()}
+    return platform.processor()
+
+
+def machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count()}
 
 
 def versions() -> dict[str, str]:

@@ -31,6 +31,7 @@ import nbformat
 
 from grader import checks
 from grader.grade import Grader, GradingConfig
+from grader.plugin import available_cores
 from grader.records import CheckResult, Evidence, write_json_atomic
 from reference import corpus
 
@@ -69,7 +70,7 @@ def execute_families(
     notebooks.mkdir(parents=True, exist_ok=True)
     for fam in fams:
         nbformat.write(fam.notebook, notebooks / f"{fam.name}.ipynb")
-    threads = max(1, (_cores() // parallel))
+    threads = max(1, available_cores() // parallel)
     graders = {
         seed: Grader(
             GradingConfig(
@@ -104,18 +105,9 @@ def execute_families(
     return out
 
 
-def _cores() -> int:
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def compose(v: corpus.Variant, evs: dict[str, Evidence], fams: list[corpus.Family]) -> Evidence:
     """The evidence of the submission made of ``v``'s cells: the families' evidence restricted to them."""
-    home = {name: fam for fam in fams for name in fam.cell_of}
+    home = corpus.home(fams)
     cells = []
     models = []
     evaluations = []
@@ -257,7 +249,7 @@ def judge(
             for name, predicate in criteria.items():
                 crit_tallies[name].add(label, a is not None and bool(predicate(a, b)))
     # What each trained model measured, per spec: the spread the verdicts come from.
-    home = {name: fam for fam in fams for name in fam.cell_of}
+    home = corpus.home(fams)
     for evs in evidence.values():
         for spec in corpus.SPECS.values():
             fam = home[spec.name]
@@ -275,24 +267,24 @@ def judge(
     }
 
 
-def table(result: dict[str, Any]) -> str:
-    rows = ["| check | points | gradings | false fails | false-fail rate | false passes | false-pass rate |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for cid, r in result["checks"].items():
-        rows.append(
-            f"| `{cid}` | {r['points']:g} | {r['gradings']} | {r['false_fail']}/{r['should_pass']} | "
-            f"{r['false_fail_rate']:.1%} | {r['false_pass']}/{r['should_fail']} | {r['false_pass_rate']:.1%} |"
-        )
+def _rates_table(first: str, rates: dict[str, dict[str, Any]], points: bool) -> str:
+    """A markdown table of false-fail and false-pass counts and rates, one row per check or criterion."""
+    head = [first, *(["points", "gradings"] if points else []), "false fails", "false-fail rate", "false passes", "false-pass rate"]
+    rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, r in rates.items():
+        cells = [f"`{name}`", f"{r['points']:g}", str(r["gradings"])] if points else [name]
+        cells += [f"{r['false_fail']}/{r['should_pass']}", f"{r['false_fail_rate']:.1%}"]
+        cells += [f"{r['false_pass']}/{r['should_fail']}", f"{r['false_pass_rate']:.1%}"]
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def table(result: dict[str, Any]) -> str:
+    return _rates_table("check", result["checks"], points=True)
 
 
 def criteria_table(result: dict[str, Any]) -> str:
-    rows = ["| sparsity criterion | false fails | false-fail rate | false passes | false-pass rate |", "| --- | --- | --- | --- | --- |"]
-    for name, r in result["sparsity_criteria"].items():
-        rows.append(
-            f"| {name} | {r['false_fail']}/{r['should_pass']} | {r['false_fail_rate']:.1%} | "
-            f"{r['false_pass']}/{r['should_fail']} | {r['false_pass_rate']:.1%} |"
-        )
-    return "\n".join(rows)
+    return _rates_table("sparsity criterion", result["sparsity_criteria"], points=False)
 
 
 def over_limit(result: dict[str, Any]) -> list[str]:

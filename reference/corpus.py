@@ -57,18 +57,9 @@ X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_
 """
 
 # The distributed code's first lines: the target is assigned to ``Y`` and used as ``y``.
-RECAP_CRASH = """\
-import numpy as np
-import pandas as pd
-import tensorflow as tf
-from sklearn.model_selection import train_test_split
-
-data_url = "http://lib.stat.cmu.edu/datasets/boston"
-raw_df = pd.read_csv(data_url, sep=r"\\s+", skiprows=22, header=None)
-X = np.hstack([raw_df.values[::2, :], raw_df.values[1::2, :2]])
-Y = raw_df.values[1::2, 2]
-X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=42)
-"""
+RECAP_CRASH = RECAP_SETUP.replace("from sklearn.preprocessing import StandardScaler\n", "").replace(
+    "\ny = raw_df", "\nY = raw_df"
+)
 
 CIFAR_SETUP = """\
 import numpy as np
@@ -423,3 +414,8 @@ def families(practice_notebooks: int = 2) -> list[Family]:
             cells.append(code(spec.code))
         out.append(Family(f"practice{i + 1}", _notebook(cells), cell_of, setup=(1,)))
     return out
+
+
+def home(fams: list[Family]) -> dict[str, Family]:
+    """Spec (or set-up cell) name -> the family notebook that holds its cell."""
+    return {name: fam for fam in fams for name in fam.cell_of}

@@ -109,7 +109,7 @@ def test_composed_evidence_keeps_the_variants_cells_and_models_in_slot_order() -
             models=[model(i) for i in sorted(set(idx) - set(fam.setup))], evaluations=[], printed=[],
             neutralised=[], timings={},
         )
-    home = {name: fam for fam in fams for name in fam.cell_of}
+    home = corpus.home(fams)
     v = corpus.Variant("v", ("recap.l2", "recap.l1"), ("cnn.l2_mlp", "cnn.l1"))
     ev = calibrate.compose(v, evs, fams)
     assert [m.cell for m in ev.models] == [home[n].cell_of[n] for n in v.recap + v.practice]
