@@ -31,6 +31,7 @@ import platform
 import resource
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,8 @@ class Run:
     cpu: float  # CPU seconds (user + system) of its whole process tree, sandboxed children included
     returncode: int
     log: str
+    idle: float | None = None  # core-seconds the whole machine left idle meanwhile (/proc/stat idle + iowait)
+    steal: float | None = None  # core-seconds the hypervisor gave to other guests meanwhile (/proc/stat steal)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,10 +127,34 @@ def summarize(
             "kernel_cpu_per_core": ideal,
             "wall_vs_kernel_cpu_per_core": ratio(run.wall, ideal) if ideal else None,
             "wall_vs_all_cpu_per_core": ratio(run.wall, run.cpu / cores),
+            "machine_idle": run.idle,
+            "steal": run.steal,
         }
     if regrade is not None and n1 is not None:
         out["regrade"] = {"wall": regrade.wall, "scratch_wall": n1.wall, "regrade_vs_scratch": ratio(regrade.wall, n1.wall)}
     return out
+
+
+def round_ratios(rounds: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per round of part 1: each side's wall against plain nbclient's, and the grader's against nbgrader's."""
+    out: dict[str, list[float]] = {}
+    for rnd in rounds:
+        plain = rnd["plain nbclient"]["wall"]
+        for label, run in rnd.items():
+            if label != "plain nbclient":
+                out.setdefault(f"{label} / plain nbclient", []).append(run["wall"] / plain)
+        if "nbgrader autograde" in rnd:
+            out.setdefault("pytest grader/ / nbgrader autograde", []).append(rnd["pytest grader/"]["wall"] / rnd["nbgrader autograde"]["wall"])
+    return out
+
+
+def format_rounds(rounds: list[dict[str, Any]]) -> str:
+    lines = ["", f"one notebook, {len(rounds)} rounds (wall; the table above gives each side's median round)"]
+    for i, rnd in enumerate(rounds, 1):
+        lines.append(f"  round {i}: " + ", ".join(f"{label} {_s(run['wall'])}" for label, run in rnd.items()))
+    for name, values in round_ratios(rounds).items():
+        lines.append(f"  {name}: " + " ".join(_x(v) for v in values) + f"; median {_x(statistics.median(values))}")
+    return "\n".join(lines)
 
 
 def _x(value: float | None) -> str:
@@ -167,6 +194,7 @@ def format_report(summary: dict[str, Any]) -> str:
                 f"  {label:<10} {kernels:>8} {_s(row['wall']):>9} {_s(row['cpu']):>9} {_x(row['speedup_vs_n1']):>8}"
                 f" {_s(row['kernel_cpu']):>11} {_s(row['kernel_cpu_per_core']):>9}"
                 f" {_x(row['wall_vs_kernel_cpu_per_core']):>10} {_x(row['wall_vs_all_cpu_per_core']):>17}"
+                f" {_s(row.get('machine_idle')):>9} {_s(row.get('steal')):>8}"
             )
     if summary["regrade"]:
         r = summary["regrade"]
@@ -188,18 +216,34 @@ def _children_cpu() -> float:
     return float(usage.ru_utime + usage.ru_stime)
 
 
+def machine_idle_and_steal() -> tuple[float, float] | None:
+    """Seconds, summed over the machine's CPUs since boot, of idle (+ iowait) and of steal; None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    values = [int(v) for v in fields[1:]]
+    steal = values[7] if len(values) > 7 else 0
+    return (values[3] + values[4]) / ticks, steal / ticks
+
+
 def timed(label: str, command: list[str], *, log: Path, env: dict[str, str], cwd: Path = ROOT, ok: tuple[int, ...] = (0,)) -> Run:
     """Run a command to completion, its output to ``log``; time it and count its process tree's CPU."""
     print(f"[bench] {label}: {' '.join(command)}", flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as fh:
         cpu0 = _children_cpu()
+        idle0 = machine_idle_and_steal()
         t0 = time.perf_counter()
         code = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=env).returncode
         wall = time.perf_counter() - t0
         cpu = _children_cpu() - cpu0
-    run = Run(label, command, wall, cpu, code, str(log))
-    print(f"[bench]   {wall:.1f} s wall, {cpu:.1f} s CPU, exit {code}", flush=True)
+        idle1 = machine_idle_and_steal()
+    idle, steal = (idle1[0] - idle0[0], idle1[1] - idle0[1]) if idle0 and idle1 else (None, None)
+    run = Run(label, command, wall, cpu, code, str(log), idle, steal)
+    extra = f", machine idle {idle:.1f} core-s, steal {steal:.1f} core-s" if idle is not None and steal is not None else ""
+    print(f"[bench]   {wall:.1f} s wall, {cpu:.1f} s CPU, exit {code}{extra}", flush=True)
     if code not in ok:
         tail = log.read_text(errors="replace")[-3000:]
         raise SystemExit(f"[bench] {label} failed with exit {code}; end of {log}:\n{tail}")
@@ -229,9 +273,13 @@ def plain_env(home: Path, bin_dir: Path, threads: int) -> dict[str, str]:
 
 
 def grade_command(args: argparse.Namespace, submissions: Path, grades: Path, *extra: str) -> list[str]:
-    """``pytest grader/`` as an instructor runs it, on a folder of notebooks, into a grades dir."""
+    """``pytest grader/`` as an instructor runs it, on a folder of notebooks, into a grades dir.
+
+    Its data cache is the work dir's, prepared before any timed run (as the data served to plain
+    nbclient and nbgrader is): an instructor's runs after the first find it ready too.
+    """
     cmd = [PYTHON, "-m", "pytest", "grader/", "--submissions", str(submissions), "--grades-dir", str(grades)]
-    cmd += ["--profile", args.profile, "--cell-timeout", f"{args.cell_timeout:g}"]
+    cmd += ["--profile", args.profile, "--cell-timeout", f"{args.cell_timeout:g}", "--data-cache", str(args.data_cache)]
     if args.data_dir is not None:
         cmd += ["--data-dir", str(args.data_dir)]
     return cmd + ["-q", *extra]
@@ -346,6 +394,7 @@ class Bench:
     batch_kernel_cpu: dict[str, float] = dataclasses.field(default_factory=dict)
     regrade: Run | None = None
     metric_spread: dict[str, Any] | None = None  # recomputed metrics: how far the batch configurations differ
+    single_rounds: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # part 1, every round's runs
     notes: list[str] = dataclasses.field(default_factory=list)
 
     def note(self, text: str) -> None:
@@ -355,18 +404,44 @@ class Bench:
     # -- 1. one notebook -------------------------------------------------------------------------
 
     def run_single(self) -> None:
-        import nbformat
+        """Part 1, ``--repeat`` rounds; each round runs every side once, starting with a different side.
 
+        The sides of one round run one after another on the same machine, so the ratios of a round
+        compare like with like; over several rounds, the side each reported figure comes from is its
+        median round (``single_rounds`` keeps every round).
+        """
         notebook: Path = self.args.notebook
         key = notebook.stem
-        work = self.work / "single"
         prepared = baseline_notebook(notebook, self.data_dir)
+        sides = ["plain nbclient", *([] if self.args.no_nbgrader else ["nbgrader autograde"]), "pytest grader/"]
+        rounds: list[dict[str, tuple[Run, dict[str, float]]]] = []
+        for r in range(self.args.repeat):
+            work = self.work / "single" if self.args.repeat == 1 else self.work / "single" / f"round{r + 1}"
+            work.mkdir(parents=True, exist_ok=True)
+            measured: dict[str, tuple[Run, dict[str, float]]] = {}
+            for label in sides[r % len(sides):] + sides[: r % len(sides)]:
+                if label == "plain nbclient":
+                    measured[label] = self._plain(prepared, key, work)
+                elif label == "nbgrader autograde":
+                    measured[label] = self._nbgrader(prepared, key, work)
+                else:
+                    measured[label] = self._grader(notebook, key, work)
+            rounds.append(measured)
+        for label in sides:
+            ordered = sorted(rounds, key=lambda rnd: rnd[label][0].wall)
+            run, phases = ordered[(len(ordered) - 1) // 2][label]
+            self.single[label] = run
+            if phases:
+                self.single_phases[label] = phases
+        self.single_rounds = [{label: dataclasses.asdict(rnd[label][0]) for label in sides} for rnd in rounds]
 
-        # Plain nbclient.
+    def _plain(self, prepared: Any, key: str, work: Path) -> tuple[Run, dict[str, float]]:
+        import nbformat
+
         plain_dir = work / "plain"
         plain_dir.mkdir(parents=True)
         nbformat.write(prepared, str(plain_dir / f"{key}.ipynb"))
-        self.single["plain nbclient"] = timed(
+        run = timed(
             "plain nbclient",
             [PYTHON, str(ROOT / "benchmarks" / "run_plain.py"), str(plain_dir / f"{key}.ipynb"),
              str(plain_dir / "executed.ipynb"), str(plain_dir / "timings.json"), str(self.args.cell_timeout)],
@@ -375,18 +450,14 @@ class Bench:
         )
         for problem in check_executed(plain_dir / "executed.ipynb", self.args.expect):
             self.note(f"plain nbclient: {problem}")
-        self.single_phases["plain nbclient"] = json.loads((plain_dir / "timings.json").read_text())
+        return run, json.loads((plain_dir / "timings.json").read_text())
 
-        # nbgrader autograde.
-        if not self.args.no_nbgrader:
-            self._nbgrader(prepared, key, work / "nbgrader")
-
-        # The full grader.
+    def _grader(self, notebook: Path, key: str, work: Path) -> tuple[Run, dict[str, float]]:
         subs = work / "submissions"
         subs.mkdir()
         shutil.copyfile(notebook, subs / notebook.name)
         grades = work / "grades"
-        self.single["pytest grader/"] = timed(
+        run = timed(
             "pytest grader/",
             grade_command(self.args, subs, grades),
             log=work / "grader.log",
@@ -399,22 +470,23 @@ class Bench:
             raise SystemExit(f"[bench] the grader wrote no results.json for {key}")
         if result.status != "graded":
             self.note(f"grader: {key} is {result.status}: {result.reason[:300]}")
-        self.single["pytest grader/"] = with_sandboxed_cpu(self.single["pytest grader/"], results)
+        run = with_sandboxed_cpu(run, results)
         timings = result.timings
         phases = {k.removeprefix("runner_"): float(v) for k, v in timings.items() if k.startswith("runner_")}
         if "evaluation" in timings:
             phases["evaluation"] = float(timings["evaluation"])
-            rest = self.single["pytest grader/"].wall - phases.get("total", 0.0) - phases["evaluation"]
-            phases["rest of pytest grader/"] = rest
+            phases["reporting"] = float(timings.get("reporting", 0.0))
+            phases["rest of pytest grader/"] = run.wall - phases.get("total", 0.0) - phases["evaluation"] - phases["reporting"]
         if "sandbox_evaluator_cpu" in timings:
             phases["evaluator_cpu"] = float(timings["sandbox_evaluator_cpu"])
-        self.single_phases["pytest grader/"] = phases
+        return run, phases
 
-    def _nbgrader(self, prepared: Any, key: str, course: Path) -> None:
+    def _nbgrader(self, prepared: Any, key: str, work: Path) -> tuple[Run, dict[str, float]]:
         import nbformat
 
+        course = work / "nbgrader"
         bin_dir = BENCH_VENV / "bin"
-        env = plain_env(self.work / "single" / "home-nbgrader", bin_dir, self.threads)
+        env = plain_env(work / "home-nbgrader", bin_dir, self.threads)
         (course / "source" / ASSIGNMENT).mkdir(parents=True)
         (course / "nbgrader_config.py").write_text(
             "c = get_config()\n"
@@ -433,16 +505,17 @@ class Bench:
         submitted = course / "submitted" / STUDENT / ASSIGNMENT
         submitted.mkdir(parents=True)
         shutil.copyfile(course / "release" / ASSIGNMENT / f"{key}.ipynb", submitted / f"{key}.ipynb")
-        self.single["nbgrader autograde"] = timed(
+        run = timed(
             "nbgrader autograde",
             [str(bin_dir / "nbgrader"), "autograde", ASSIGNMENT],
-            log=self.work / "single" / "nbgrader.log",
+            log=work / "nbgrader.log",
             env=env,
             cwd=course,
         )
         executed = course / "autograded" / STUDENT / ASSIGNMENT / f"{key}.ipynb"
         for problem in check_executed(executed, self.args.expect):
             self.note(f"nbgrader: {problem}")
+        return run, {}
 
     # -- 2. to 4. the batch ----------------------------------------------------------------------
 
@@ -650,6 +723,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=None, help="CIFAR-10 for --profile full (as pytest grader/ --data-dir)")
     parser.add_argument("--notebook", type=Path, default=ROOT / "submissions" / "solution.ipynb", help="the notebook measured")
     parser.add_argument("--batch", type=int, default=6, help="notebooks in the batch (default 6)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of part 1; each side's median round is reported (default 1)")
     parser.add_argument("--parts", default="single,batch", help="comma-separated: single (1.), batch (2.-4.); default both")
     parser.add_argument("--no-nbgrader", action="store_true", help="leave nbgrader out of part 1")
     parser.add_argument("--cell-timeout", type=float, default=600.0, help="cell timeout of every side (seconds)")
@@ -662,6 +736,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--parts: expected single and/or batch")
     if args.batch < 1:
         parser.error("--batch: at least 1")
+    if args.repeat < 1:
+        parser.error("--repeat: at least 1")
     args.notebook = args.notebook.resolve()
     if args.data_dir is not None:
         args.data_dir = args.data_dir.resolve()
@@ -683,7 +759,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="grading-bench-")) if temporary else args.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     print(f"[bench] work dir {work}; {where['cores']} cores; load average {where['load_average_at_start']}", flush=True)
-    data_dir = DatasetStore(args.profile, cache_dir=work / "data", data_dir=args.data_dir).materialize()
+    args.data_cache = work / "data"
+    data_dir = DatasetStore(args.profile, cache_dir=args.data_cache, data_dir=args.data_dir).materialize()
     cores = available_cores()
     bench = Bench(args, work, data_dir, cores, threads_per_kernel(cores, 1))
     warm_up(args.no_nbgrader or "single" not in args.parts)
@@ -702,6 +779,8 @@ def main(argv: list[str] | None = None) -> int:
             f"\nrecomputed metrics across the batch configurations: {spread['compared']} compared, "
             + (f"largest difference {spread['max_abs_difference']:.4g} ({spread['where']})" if spread["where"] else "all identical")
         )
+    if len(bench.single_rounds) > 1:
+        report += "\n" + format_rounds(bench.single_rounds)
     print("\n" + report)
     for note in bench.notes:
         print(f"NOTE: {note}")
@@ -719,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [dataclasses.asdict(r) | {"log": Path(r.log).name} for r in [*bench.single.values(), *bench.batch.values(), *([bench.regrade] if bench.regrade else [])]],
         "summary": summary,
         "metric_spread": bench.metric_spread,
+        "single_rounds": bench.single_rounds,
         "notes": bench.notes,
         "report": report,
     }

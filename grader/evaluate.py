@@ -1,29 +1,49 @@
 """The evaluator: reloads each captured model in a process of its own and predicts on canonical inputs.
 
-Run as ``python -m grader.evaluate EVAL_DIR``. ``EVAL_DIR/eval_job.json`` lists the models (their
-artifact paths) and, for each, the canonical test inputs and the input scaling the orchestrator
-detected. The evaluator writes ``evaluation.json`` (one ``ModelFacts`` per model) and
-``pred_NNN.npy`` files. It never sees labels: the orchestrator scores the predictions.
+Two halves live here. :class:`Session` is the orchestrator's side: it starts ``python -m
+grader.evaluate EVAL_DIR`` (sandboxed, like the runner) as soon as a notebook starts executing, so
+that the evaluator's TensorFlow import and its work on the models trained early overlap the
+student's later cells. The ``__main__`` half is that process: it takes requests, one JSON file per
+model in ``EVAL_DIR/requests/`` (the model's artifact path and, when its training data was
+identified, the canonical test inputs and the student's input scaling), and answers each with
+``EVAL_DIR/results/<same name>`` (a ``ModelFacts`` and the digest of the model it loaded) and a
+``pred_NNNN.npy``, until the orchestrator writes ``requests/END``. It never sees labels: the
+orchestrator scores the predictions.
+
+A request can be answered while the student's kernel is still running, so the evaluator first copies
+the artifact into its own folder and loads that copy; the digest it reports is of the copy. Once the
+kernel is gone, the orchestrator keeps an early answer only when its request is the final one for
+that model and the digest matches the artifact as the notebook left it; anything else is evaluated
+again. A grade is therefore always computed from the files as they were at the end.
 
 Model files are untrusted input: ``.keras`` files are loaded with Keras safe mode (no lambdas, no
-arbitrary code), after a size check.
+arbitrary code), after a size check; artifacts holding symbolic links are refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import sys
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from grader.records import ModelFacts, to_jsonable, write_json_atomic
+from grader.records import ModelFacts, from_jsonable, to_jsonable, write_json_atomic
+
+if TYPE_CHECKING:
+    from grader.sandbox import IsolatedRun, Outcome
 
 MAX_MODEL_BYTES = 512 * 1024 * 1024
 PREDICT_BATCH = 500
+POLL_SECONDS = 0.1
+# The evaluator yields the CPU to kernels: its work while a notebook runs should fill idle cores, not slow the notebook.
+EVALUATOR_NICE = 10
+END = "END"
 
 
 def _size(path: Path) -> int:
@@ -75,8 +95,8 @@ def _facts_from_kernel_report(report: list[dict[str, Any]]) -> list[Any]:
     return facts
 
 
-def evaluate_model(entry: dict[str, Any], out_dir: Path) -> ModelFacts:
-    """Load one model, read its facts, and predict on its canonical inputs."""
+def evaluate_model(entry: dict[str, Any], out_dir: Path, pred_name: str | None = None) -> ModelFacts:
+    """Load one model, read its facts, and predict on its canonical inputs (saved as ``out_dir/pred_name``)."""
     from grader import inspect
 
     index = int(entry["fit_index"])
@@ -144,7 +164,7 @@ def evaluate_model(entry: dict[str, Any], out_dir: Path) -> ModelFacts:
         preds = np.asarray(preds, dtype=np.float32)
         if preds.shape[0] != x.shape[0]:
             raise ValueError(f"the model returned {preds.shape[0]} predictions for {x.shape[0]} inputs")
-        out = out_dir / f"pred_{index:03d}.npy"
+        out = out_dir / (pred_name or f"pred_{index:03d}.npy")
         np.save(out, preds, allow_pickle=False)
         return _replace(facts, predictions_file=out.name)
     except Exception as exc:
@@ -157,19 +177,231 @@ def _replace(facts: ModelFacts, **changes: Any) -> ModelFacts:
     return dataclasses.replace(facts, **changes)
 
 
+def artifact_digest(path: Path) -> str:
+    """sha256 of a saved model: a file's bytes, or a folder's relative paths and file bytes in order.
+
+    "" when it cannot be read, is too large, or holds anything but folders and regular files (such an
+    artifact is never reused).
+    """
+    digest = hashlib.sha256()
+    try:
+        if path.is_symlink():
+            return ""
+        if path.is_file():
+            return _file_digest(path) if path.stat().st_size <= MAX_MODEL_BYTES else ""
+        if not path.is_dir():
+            return ""
+        for item in sorted(path.rglob("*")):
+            if item.is_symlink() or not (item.is_file() or item.is_dir()):
+                return ""
+            if item.is_file():
+                digest.update(str(item.relative_to(path)).encode() + b"\0")
+                digest.update(_file_digest(item).encode())
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy_bounded(src: str, dst: str) -> str:
+    """Copy one regular file, not following links nor blocking on a FIFO, refusing more than MAX_MODEL_BYTES."""
+    import os
+    import stat
+
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("the saved model holds something other than regular files")
+        copied = 0
+        with open(dst, "xb") as out:
+            while chunk := os.read(fd, 1 << 20):
+                copied += len(chunk)
+                if copied > MAX_MODEL_BYTES:
+                    raise ValueError(f"the saved model is larger than {MAX_MODEL_BYTES // 2**20} MiB")
+                out.write(chunk)
+    finally:
+        os.close(fd)
+    return dst
+
+
+def _private_copy(entry: dict[str, Any], work: Path) -> tuple[dict[str, Any], str]:
+    """Copy a request's artifact (and kernel facts file) out of the kernel's reach; the entry now names the copies."""
+    entry = dict(entry)
+    digest = hashlib.sha256()
+    for key in ("artifact", "facts_file"):
+        src = Path(entry[key]) if entry.get(key) else None
+        if src is None or not (src.exists() or src.is_symlink()):
+            digest.update(b"-")
+            continue
+        if src.is_symlink():
+            raise ValueError("the saved model is a symbolic link")
+        dst = work / f"{key}{''.join(src.suffixes)}"
+        if src.is_dir():
+            if _size(src) > MAX_MODEL_BYTES:
+                raise ValueError(f"the saved model is larger than {MAX_MODEL_BYTES // 2**20} MiB")
+            shutil.copytree(src, dst, symlinks=False, copy_function=_copy_bounded)
+        else:
+            _copy_bounded(str(src), str(dst))
+        one = artifact_digest(dst)
+        if not one:
+            raise ValueError("the saved model could not be read")
+        digest.update(one.encode())
+        entry[key] = str(dst)
+    return entry, digest.hexdigest()
+
+
+def request_digest(entry: dict[str, Any]) -> str:
+    """The digest an evaluator reports for a request whose files are as they are now (see ``_private_copy``)."""
+    digest = hashlib.sha256()
+    for key in ("artifact", "facts_file"):
+        path = Path(entry[key]) if entry.get(key) else None
+        if path is None or not (path.exists() or path.is_symlink()):
+            digest.update(b"-")
+            continue
+        one = artifact_digest(path)
+        if not one:
+            return ""
+        digest.update(one.encode())
+    return digest.hexdigest()
+
+
+def _answer(eval_dir: Path, name: str) -> None:
+    rid = int(name.removesuffix(".json"))
+    entry = json.loads((eval_dir / "requests" / name).read_text())
+    work = eval_dir / "work" / f"{rid:04d}"
+    work.mkdir(parents=True, exist_ok=True)
+    index = int(entry["fit_index"])
+    try:
+        try:
+            copied, digest = _private_copy(entry, work)
+        except (OSError, ValueError) as exc:  # shutil.Error is an OSError
+            why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            facts = ModelFacts(index, False, why[:600], "", [], 0, {}, {}, None, "")
+            digest = ""
+        else:
+            facts = evaluate_model(copied, eval_dir, f"pred_{rid:04d}.npy")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write_json_atomic(eval_dir / "results" / name, {"facts": to_jsonable(facts), "digest": digest})
+
+
+def serve(eval_dir: Path) -> None:
+    """Answer requests as they come, until ``requests/END`` is there and every request is answered."""
+    import keras
+
+    session = json.loads((eval_dir / "session.json").read_text())
+    keras.utils.set_random_seed(int(session.get("seed", 0)))
+    requests = eval_dir / "requests"
+    answered: set[str] = set()
+    while True:
+        ending = (requests / END).exists()
+        # Listed after END was seen: the orchestrator writes END after its last request.
+        todo = sorted(p.name for p in requests.glob("[0-9]*.json") if p.name not in answered)
+        if not todo:
+            if ending:
+                return
+            time.sleep(POLL_SECONDS)
+            continue
+        for name in todo:
+            _answer(eval_dir, name)
+            answered.add(name)
+            keras.backend.clear_session()
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m grader.evaluate EVAL_DIR", file=sys.stderr)
         return 2
-    eval_dir = Path(argv[0]).resolve()
-    job = json.loads((eval_dir / "eval_job.json").read_text())
-    started = time.monotonic()
-    import keras
-
-    keras.utils.set_random_seed(int(job.get("seed", 0)))
-    results = [to_jsonable(evaluate_model(entry, eval_dir)) for entry in job["models"]]
-    write_json_atomic(eval_dir / "evaluation.json", {"models": results, "seconds": time.monotonic() - started})
+    serve(Path(argv[0]).resolve())
     return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The orchestrator's side
+# ----------------------------------------------------------------------------------------------
+
+
+class Session:
+    """One submission's evaluator process, started with its notebook and closed once every model is answered."""
+
+    def __init__(
+        self,
+        eval_dir: Path,
+        *,
+        seed: int,
+        readable: tuple[Path, ...],
+        hidden: tuple[Path, ...],
+        memory_bytes: int,
+        timeout: float,
+    ) -> None:
+        from grader import sandbox
+
+        if eval_dir.exists():
+            shutil.rmtree(eval_dir)
+        (eval_dir / "requests").mkdir(parents=True)
+        (eval_dir / "results").mkdir()
+        write_json_atomic(eval_dir / "session.json", {"seed": seed})
+        self.eval_dir = eval_dir
+        self.sent: dict[int, dict[str, Any]] = {}
+        self.run: IsolatedRun = sandbox.IsolatedRun(
+            [sys.executable, "-m", "grader.evaluate", str(eval_dir)],
+            sandbox.Isolation(eval_dir, readable=readable, hidden=hidden),
+            timeout=timeout,
+            log_path=eval_dir / "evaluator.log",
+            memory_bytes=memory_bytes,
+            nice=EVALUATOR_NICE,
+        )
+        self.outcome: Outcome | None = None
+
+    def submit(self, entry: dict[str, Any]) -> int:
+        """Ask for one model to be evaluated; returns the request's number."""
+        rid = len(self.sent) + 1
+        self.sent[rid] = entry
+        write_json_atomic(self.eval_dir / "requests" / f"{rid:04d}.json", entry)
+        return rid
+
+    def answered(self, rid: int) -> bool:
+        return (self.eval_dir / "results" / f"{rid:04d}.json").exists()
+
+    def busy(self) -> bool:
+        return any(not self.answered(rid) for rid in self.sent)
+
+    def wait_answer(self, rid: int, deadline: float) -> tuple[ModelFacts, str] | None:
+        """Wait (until ``deadline``, a ``time.monotonic()`` value) for a request's answer while the evaluator lives."""
+        while not self.answered(rid):
+            if time.monotonic() >= deadline or self.run.wait(POLL_SECONDS):
+                break
+        return self.answer(rid)
+
+    def answer(self, rid: int) -> tuple[ModelFacts, str] | None:
+        """A request's facts (``predictions_file`` relative to the job dir) and the digest of the model it loaded."""
+        try:
+            data = json.loads((self.eval_dir / "results" / f"{rid:04d}.json").read_text())
+            facts = from_jsonable(ModelFacts, data["facts"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if facts.predictions_file is not None:
+            name = Path(facts.predictions_file).name
+            facts = _replace(facts, predictions_file=f"{self.eval_dir.name}/{name}")
+        return facts, str(data.get("digest", ""))
+
+    def close(self, timeout: float) -> Outcome:
+        """No more requests: wait up to ``timeout`` seconds for the evaluator to answer them all and exit."""
+        if self.outcome is None:
+            (self.eval_dir / "requests" / END).touch()
+            self.outcome = self.run.finish(timeout=timeout)
+        return self.outcome
+
+    def kill(self) -> None:
+        if self.outcome is None:
+            self.outcome = self.run.finish(timeout=0.0)
 
 
 if __name__ == "__main__":

@@ -29,11 +29,14 @@ import sys
 import time
 from pathlib import Path
 from queue import Empty
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nbformat
 
 from grader.records import CellOutcome, to_jsonable, write_json_atomic
+
+if TYPE_CHECKING:
+    from grader.sandbox import IsolatedRun
 
 CELL_OUTPUT_CAP = 1_000_000  # bytes of output kept per cell; the rest is dropped with a note
 NOTEBOOK_OUTPUT_CAP = 5_000_000
@@ -85,7 +88,7 @@ class RunResult:
     cpu_seconds: float | None = None  # CPU time of the runner and its kernel (cgroup cpuacct), where measured
 
 
-def run_job(
+def start_job(
     job_dir: Path,
     notebook_timeout: float,
     *,
@@ -93,18 +96,23 @@ def run_job(
     hidden: tuple[Path, ...] = (),
     memory_bytes: int | None = None,
     grace: float = 60.0,
-) -> RunResult:
-    """Run the runner process for a prepared job dir."""
+) -> IsolatedRun:
+    """Start the runner process for a prepared job dir; ``job_result`` turns its ending into a ``RunResult``."""
     from grader import sandbox
 
-    limit = memory_bytes or sandbox.DEFAULT_MEMORY_LIMIT
-    outcome = sandbox.run_isolated(
+    return sandbox.IsolatedRun(
         [sys.executable, "-m", "grader.execute", str(job_dir)],
         sandbox.Isolation(job_dir, readable=readable, hidden=hidden, scratch=(job_dir / "home",)),
         timeout=notebook_timeout + grace,
         log_path=job_dir / "runner.log",
-        memory_bytes=limit,
+        memory_bytes=memory_bytes or sandbox.DEFAULT_MEMORY_LIMIT,
     )
+
+
+def job_result(run: IsolatedRun, notebook_timeout: float) -> RunResult:
+    """Wait for a started runner (``start_job``) to end, kill what is left of it, and say how it ended."""
+    outcome = run.finish()
+    limit = run.memory_bytes
     try:
         seal = {str(k): str(v) for k, v in json.loads(outcome.seal).items()} if outcome.seal else {}
     except (ValueError, AttributeError):
@@ -118,6 +126,11 @@ def run_job(
     if outcome.returncode != 0:
         return RunResult("crashed", f"the runner process ended with status {outcome.returncode}", seal, outcome.cpu_seconds)
     return RunResult("", "", seal, outcome.cpu_seconds)
+
+
+def run_job(job_dir: Path, notebook_timeout: float, **options: Any) -> RunResult:
+    """Run the runner process for a prepared job dir to its end."""
+    return job_result(start_job(job_dir, notebook_timeout, **options), notebook_timeout)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ read as JSON and ``allow_pickle=False`` arrays, with sizes checked.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import shutil
+import os
 import sys
+import threading
 import time
 import traceback
 from functools import cached_property
@@ -19,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from grader import __version__, checks, execute, feedback, gpu, provenance, report, submissions
-from grader.datasets import DatasetStore, boston_split
+from grader import __version__, checks, evaluate, execute, gpu, provenance, report, submissions
+from grader.datasets import DatasetStore, boston_split, served_cifar10
 from grader.records import (
     ArrayFingerprint,
     CellOutcome,
@@ -32,9 +34,11 @@ from grader.records import (
     ModelEvidence,
     ModelFacts,
     SubmissionResult,
+    TrainedModel,
     from_jsonable,
     write_json_atomic,
 )
+from grader.sandbox import DEFAULT_MEMORY_LIMIT, IsolatedRun
 
 # The modules whose behaviour shapes an execution's evidence (a change re-executes notebooks).
 _EXECUTION_CODE = (
@@ -44,6 +48,9 @@ _EXECUTION_CODE = (
 MAX_RECORDS_BYTES = 50 * 1024 * 1024
 MAX_SAMPLES_BYTES = 200 * 1024 * 1024
 EVALUATOR_TIMEOUT = 900.0
+EARLY_REQUESTS = 8  # models sent to the evaluator while their notebook still runs, at most
+RUNNING_POLL_SECONDS = 0.25
+MEANWHILE_NICE = 10  # the priority of the work done while a notebook runs, below the kernel's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +70,7 @@ class GradingConfig:
     memory_limit: int | None = None  # bytes per runner/evaluator; None: grader.sandbox.DEFAULT_MEMORY_LIMIT
     hidden: tuple[Path, ...] = ()  # paths the sandboxed children must not see (the submissions folder)
     force: bool = False  # execute even when stored evidence for the same notebook and settings exists
+    draw_processes: int = 1  # processes drawing a feedback page's figures (more only when nothing else is graded at once)
 
     @property
     def jobs_dir(self) -> Path:
@@ -107,7 +115,7 @@ class Grader:
     @cached_property
     def canonicals(self) -> dict[str, provenance.Canonical]:
         x_train, x_test, y_train, y_test = boston_split()
-        cifar = self.store.cifar10()
+        cifar = served_cifar10(self.data_dir)  # the arrays the kernels are served, without decoding them again
         return {
             "boston": provenance.make_canonical("boston", x_train, y_train, x_test, y_test, channels=x_train.shape[1]),
             "cifar10": provenance.make_canonical(
@@ -185,22 +193,33 @@ class Grader:
                 threads=self.config.threads,
                 gpu_index=gpu_index,
             )
-            run = execute.run_job(
+            runner = execute.start_job(
                 job_dir,
                 self.config.notebook_timeout,
                 readable=(self.data_dir,),
                 hidden=self.hidden,
                 memory_bytes=self.config.memory_limit,
             )
-            kill_status, kill_reason = run.status, run.reason
-            if not _sealed(job_dir, run.seal):
-                # The runner's files are not the ones it wrote (or it never got to say): trust none of them.
-                for name in ("cells.json", "executed.ipynb"):
-                    _unlink(job_dir / name)
-                if not kill_status:
-                    kill_status = "error"
-                    kill_reason = "the runner's record of this run is missing or was altered after it was written"
-            evidence = self.assemble(job_dir, neutralised, prepared, parts, kill_status, kill_reason)
+            with runner:
+                # The evaluator starts with the notebook: its imports, and its work on the models the
+                # first cells train, overlap the cells that follow (grader/evaluate.py).
+                session = self._evaluator(job_dir, timeout=self.config.notebook_timeout + 60 + EVALUATOR_TIMEOUT)
+                try:
+                    early = self._while_running(runner, session, job_dir)
+                    run = execute.job_result(runner, self.config.notebook_timeout)
+                    kill_status, kill_reason = run.status, run.reason
+                    if not _sealed(job_dir, run.seal):
+                        # The runner's files are not the ones it wrote (or it never got to say): trust none of them.
+                        for name in ("cells.json", "executed.ipynb"):
+                            _unlink(job_dir / name)
+                        if not kill_status:
+                            kill_status = "error"
+                            kill_reason = "the runner's record of this run is missing or was altered after it was written"
+                    evidence = self.assemble(
+                        job_dir, neutralised, prepared, parts, kill_status, kill_reason, session=session, early=early
+                    )
+                finally:
+                    session.kill()
         if run.cpu_seconds is not None:
             evidence = dataclasses.replace(evidence, timings={**evidence.timings, "sandbox_runner_cpu": run.cpu_seconds})
         write_json_atomic(job_dir / "evidence.json", evidence)
@@ -251,11 +270,19 @@ class Grader:
             grader_version=__version__,
             profile=self.config.profile,
             seed=self.config.seed,
+            models=[
+                TrainedModel(m.key, m.cell, m.dataset, m.train_seconds, m.epochs) for m in (evidence.models if evidence else [])
+            ],
         )
+        from grader import feedback
+
+        # The page first, so that results.json can say how long reporting took (the page, the record).
+        t0 = time.monotonic()
+        self._write_feedback(result, evidence)
+        result = dataclasses.replace(result, timings={**result.timings, "reporting": time.monotonic() - t0})
         report.write_submission(
             self.config.grades_dir, result, job_dir, sub.path, leaderboard=feedback.leaderboard(result, evidence)
         )
-        self._write_feedback(result, evidence)
         return result
 
     def _write_feedback(self, result: SubmissionResult, evidence: Evidence | None) -> None:
@@ -263,8 +290,12 @@ class Grader:
             baseline, bounds = self.baseline, self.bounds
         except (FileNotFoundError, ValueError, KeyError):
             baseline, bounds = None, None
+        from grader import feedback
+
         try:
-            feedback.write_feedback(self.config.grades_dir, result, evidence, baseline, bounds)
+            feedback.write_feedback(
+                self.config.grades_dir, result, evidence, baseline, bounds, processes=self.config.draw_processes
+            )
         except Exception:  # a page must never cost a grade
             (self.config.grades_dir / result.key / "feedback-error.txt").write_text(traceback.format_exc())
 
@@ -280,7 +311,12 @@ class Grader:
         parts: list[str],
         kill_status: str,
         kill_reason: str,
+        *,
+        session: evaluate.Session | None = None,
+        early: dict[int, int] | None = None,
     ) -> Evidence:
+        """The evidence of a finished run; ``session`` and ``early`` are the evaluator started with the
+        notebook and what it was asked while the notebook ran (see ``_while_running``)."""
         cells_path = job_dir / "cells.json"
         run: dict[str, Any] = (
             json.loads(cells_path.read_text())
@@ -306,7 +342,7 @@ class Grader:
         # seconds) and the grader's own; CPU seconds of the sandboxed children where cgroups count them.
         timings = {f"runner_{k}": float(v) for k, v in run.get("timings", {}).items()}
         t0 = time.monotonic()
-        models = self._models(job_dir, fits, cell_of, timings)
+        models = self._models(job_dir, fits, cell_of, timings, session, early or {})
         evaluations = self._evaluations(job_dir, evals, models)
         timings["evaluation"] = time.monotonic() - t0
         timings["training"] = float(sum(m.train_seconds for m in models))
@@ -387,7 +423,13 @@ class Grader:
         return provenance.identify_any(fp, self._samples(job_dir, fp), list(self.canonicals.values()))
 
     def _models(
-        self, job_dir: Path, fits: list[FitRecord], cell_of: dict[int, int], timings: dict[str, float]
+        self,
+        job_dir: Path,
+        fits: list[FitRecord],
+        cell_of: dict[int, int],
+        timings: dict[str, float],
+        session: evaluate.Session | None,
+        early: dict[int, int],
     ) -> list[ModelEvidence]:
         last: dict[str, FitRecord] = {}
         all_fits: dict[str, list[FitRecord]] = {}
@@ -407,22 +449,15 @@ class Grader:
         entries = []
         for fit in ordered:
             match = matches[fit.index]
-            spec = None
+            spec = self._input_spec(job_dir, match)
             label_map: tuple[float, float] | None = (1.0, 0.0)
-            if match.verified:
+            if match.verified and match.dataset == "boston":
+                y_samples = self._samples(job_dir, fit.y)
                 canon = self.canonicals[match.dataset]
-                if match.dataset == "boston":
-                    y_samples = self._samples(job_dir, fit.y)
-                    label_map = provenance.label_affine(y_samples, match, canon) if y_samples is not None else None
-                spec = {
-                    "x_file": str(self._test_inputs(job_dir, match.dataset)),
-                    "channels": match.channels,
-                    "scale": match.scale,
-                    "shift": match.shift,
-                    "sample_shape": match.sample_shape,
-                }
+                label_map = provenance.label_affine(y_samples, match, canon) if y_samples is not None else None
             entries.append((fit, match, spec, label_map))
-        facts = self._evaluate(job_dir, [(fit, spec) for fit, _, spec, _ in entries], timings)
+        requests = [(fit.index, self._eval_request(job_dir, fit, spec)) for fit, _, spec, _ in entries]
+        facts = self._evaluate(job_dir, requests, timings, session, early)
         out = []
         for fit, match, spec, label_map in entries:
             f = facts.get(fit.index)
@@ -440,7 +475,7 @@ class Grader:
             elif f.predictions_file is None:
                 error = f"the model could not predict on the test inputs ({f.prediction_error})"
             else:
-                metric, error = self._score(job_dir / "eval" / f.predictions_file, match.dataset, label_map)
+                metric, error = self._score(job_dir / f.predictions_file, match.dataset, label_map)
             out.append(
                 ModelEvidence(
                     key=fit.model_key,
@@ -469,9 +504,13 @@ class Grader:
         if dataset == "cifar10":
             return self.data_dir / "cifar10_x_test.npy"
         path = job_dir / "eval-inputs" / f"{dataset}_x_test.npy"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        canon = self.canonicals[dataset]
-        np.save(path, canon.x_test.reshape(len(canon.x_test), *canon.sample_shape), allow_pickle=False)
+        if not path.exists():  # written once, whole: the evaluator may be reading it already
+            path.parent.mkdir(parents=True, exist_ok=True)
+            canon = self.canonicals[dataset]
+            tmp = path.with_name(f".{path.name}.tmp")
+            with open(tmp, "wb") as fh:
+                np.save(fh, canon.x_test.reshape(len(canon.x_test), *canon.sample_shape), allow_pickle=False)
+            tmp.replace(path)
         return path
 
     def _score(self, pred_path: Path, dataset: str, label_map: tuple[float, float] | None) -> tuple[float | None, str]:
@@ -497,53 +536,171 @@ class Grader:
             return None, f"the model outputs {flat.shape[1]} values per image; 10 class scores were expected"
         return float(np.mean(np.argmax(flat, axis=1) == y.astype(int))), ""
 
-    def _evaluate(
-        self, job_dir: Path, models: list[tuple[FitRecord, dict[str, Any] | None]], timings: dict[str, float]
-    ) -> dict[int, ModelFacts]:
-        if not models:
-            return {}
-        eval_dir = job_dir / "eval"
-        if eval_dir.exists():
-            shutil.rmtree(eval_dir)
-        eval_dir.mkdir(parents=True)
-        artifacts = job_dir / "artifacts"
-        entries = []
-        for fit, spec in models:
-            def resolve(rel: str | None) -> str | None:
-                if not rel:
-                    return None
-                path = (artifacts / rel).resolve()
-                return str(path) if path.is_relative_to(artifacts.resolve()) else None
+    def _input_spec(self, job_dir: Path, match: provenance.DataMatch) -> dict[str, Any] | None:
+        """The canonical test inputs a model is asked to predict on, scaled as the student scaled theirs."""
+        if not match.verified:
+            return None
+        return {
+            "x_file": str(self._test_inputs(job_dir, match.dataset)),
+            "channels": match.channels,
+            "scale": match.scale,
+            "shift": match.shift,
+            "sample_shape": match.sample_shape,
+        }
 
-            entries.append(
-                {
-                    "fit_index": fit.index,
-                    "artifact": resolve(fit.artifact),
-                    "format": fit.artifact_format,
-                    "facts_file": resolve(fit.facts_file),
-                    "input": spec,
-                }
-            )
-        write_json_atomic(eval_dir / "eval_job.json", {"models": entries, "seed": self.config.seed})
-        from grader import sandbox
+    def _eval_request(self, job_dir: Path, fit: FitRecord, spec: dict[str, Any] | None) -> dict[str, Any]:
+        artifacts = (job_dir / "artifacts").resolve()
 
-        readable = (artifacts, job_dir / "eval-inputs", self.data_dir)
-        outcome = sandbox.run_isolated(
-            [sys.executable, "-m", "grader.evaluate", str(eval_dir)],
-            sandbox.Isolation(eval_dir, readable=readable, hidden=self.hidden),
-            timeout=EVALUATOR_TIMEOUT,
-            log_path=eval_dir / "evaluator.log",
-            memory_bytes=self.config.memory_limit or sandbox.DEFAULT_MEMORY_LIMIT,
+        def resolve(rel: str | None) -> str | None:
+            if not rel:
+                return None
+            path = (artifacts / rel).resolve()
+            return str(path) if path.is_relative_to(artifacts) else None
+
+        return {
+            "fit_index": fit.index,
+            "artifact": resolve(fit.artifact),
+            "format": fit.artifact_format,
+            "facts_file": resolve(fit.facts_file),
+            "input": spec,
+        }
+
+    def _evaluator(self, job_dir: Path, timeout: float, name: str = "eval") -> evaluate.Session:
+        (job_dir / "eval-inputs").mkdir(parents=True, exist_ok=True)
+        return evaluate.Session(
+            job_dir / name,
+            seed=self.config.seed,
+            readable=(job_dir / "artifacts", job_dir / "eval-inputs", self.data_dir),
+            hidden=self.hidden,
+            memory_bytes=self.config.memory_limit or DEFAULT_MEMORY_LIMIT,
+            timeout=timeout,
         )
+
+    def _while_running(self, runner: IsolatedRun, session: evaluate.Session, job_dir: Path) -> dict[int, int]:
+        """Wait for the runner; meanwhile, at low priority, prepare judging and send the evaluator early work.
+
+        Returns fit index -> number of the request sent early (0: none could be made). Nothing done
+        here decides a grade: an early answer is used only where it is what the final request gets
+        (see ``_evaluate``).
+        """
+        early: dict[int, int] = {}
+        stop = threading.Event()
+        helper = threading.Thread(target=self._meanwhile, args=(session, job_dir, early, stop), name="grader-meanwhile")
+        helper.start()
+        try:
+            while runner.running() and time.monotonic() < runner.deadline:
+                runner.wait(min(1.0, max(0.0, runner.deadline - time.monotonic())))
+        finally:
+            stop.set()
+            helper.join()
+        return dict(early)
+
+    def _meanwhile(self, session: evaluate.Session, job_dir: Path, early: dict[int, int], stop: threading.Event) -> None:
+        """The helper thread of ``_while_running``: it yields the CPU to the kernel (Linux thread priority).
+
+        First what judging needs whatever the notebook does (the canonical data and its neighbour
+        indexes, the feedback pages' libraries); then each model as its fit is recorded, as the latest
+        fit of that model, while the evaluator is idle: at most ``EARLY_REQUESTS``, so a notebook
+        refitting in a loop costs no more than that.
+        """
+        if sys.platform == "linux":
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MEANWHILE_NICE)
+        warm_up = [lambda: self.canonicals, lambda: [c.neighbours for c in self.canonicals.values()], _import_reporting]
+        for step in warm_up:
+            if stop.is_set():
+                return
+            with contextlib.suppress(Exception):  # only a head start: the same work is redone if needed
+                step()
+        records = job_dir / "artifacts" / "records.jsonl"
+        seen_size = -1
+        while not stop.wait(RUNNING_POLL_SECONDS):
+            if len(early) >= EARLY_REQUESTS or session.busy():
+                continue
+            try:
+                size = records.stat().st_size if records.is_file() and not records.is_symlink() else -1
+                if size != seen_size:
+                    seen_size = size
+                    self._send_latest(job_dir, session, early)
+            except Exception:  # noqa: BLE001 - never let the head start cost a grade
+                continue
+
+    def _send_latest(self, job_dir: Path, session: evaluate.Session, early: dict[int, int]) -> None:
+        try:
+            fits, _ = self._read_records(job_dir / "artifacts")
+        except ValueError:
+            return
+        latest = {fit.model_key: fit for fit in fits}
+        for fit in sorted(latest.values(), key=lambda f: f.index):
+            if fit.index in early:
+                continue
+            try:
+                request = self._eval_request(job_dir, fit, self._input_spec(job_dir, self._match(job_dir, fit.x)))
+            except Exception:  # an unreadable record now may be readable at the end: judged then
+                early[fit.index] = 0
+                continue
+            early[fit.index] = session.submit(request)
+            return
+
+    def _evaluate(
+        self,
+        job_dir: Path,
+        requests: list[tuple[int, dict[str, Any]]],
+        timings: dict[str, float],
+        session: evaluate.Session | None,
+        early: dict[int, int],
+    ) -> dict[int, ModelFacts]:
+        """Each final request's facts: an early answer where it still holds, the evaluator's answer otherwise."""
+        if not requests and session is None:
+            return {}
+        if session is None:
+            session = self._evaluator(job_dir, timeout=EVALUATOR_TIMEOUT)
+        deadline = time.monotonic() + EVALUATOR_TIMEOUT
+        facts: dict[int, ModelFacts] = {}
+        todo: list[tuple[int, dict[str, Any]]] = []
+        for index, request in requests:
+            rid = early.get(index, 0)
+            if rid and session.sent.get(rid) == request:
+                got = session.wait_answer(rid, deadline)
+                if got is not None and got[1] and got[1] == evaluate.request_digest(request):
+                    facts[index] = got[0]
+                    continue
+            todo.append((index, request))
+        sent = {index: session.submit(request) for index, request in todo} if session.run.running() else {}
+        for rid in sent.values():
+            session.wait_answer(rid, deadline)
+        # Every answer is in (or the evaluator is gone, or out of time): stop it without waiting for its exit.
+        outcome = session.close(0.0)
         if outcome.cpu_seconds is not None:
             timings["sandbox_evaluator_cpu"] = outcome.cpu_seconds
-        result_path = eval_dir / "evaluation.json"
-        if outcome.returncode != 0 or not result_path.exists():
-            tail = (eval_dir / "evaluator.log").read_text(errors="replace")[-800:]
-            why = "ran out of memory" if outcome.oom_killed else f"exit {outcome.returncode}"
+        missing = []
+        for index, request in todo:
+            got = session.answer(sent[index]) if index in sent else None
+            if got is None:
+                missing.append((index, request))
+            else:
+                facts[index] = got[0]
+        if missing and early:
+            # The evaluator ended early (a model evaluated while the notebook ran may have crashed it):
+            # one fresh evaluator, for the final requests only.
+            retry = self._evaluator(job_dir, timeout=EVALUATOR_TIMEOUT, name="eval-retry")
+            try:
+                return {**facts, **self._evaluate(job_dir, missing, timings, retry, {})}
+            finally:
+                retry.kill()
+        if missing:
+            tail = (session.eval_dir / "evaluator.log").read_text(errors="replace")[-800:]
+            why = (
+                "ran out of memory" if outcome.oom_killed
+                else f"no answer within {EVALUATOR_TIMEOUT:.0f} s" if outcome.returncode is None
+                else f"exit {outcome.returncode}"
+            )
             raise RuntimeError(f"the evaluator process failed ({why}): {tail}")
-        data = json.loads(result_path.read_text())
-        return {int(m["fit_index"]): from_jsonable(ModelFacts, m) for m in data["models"]}
+        write_json_atomic(
+            session.eval_dir / "evaluation.json",
+            {"models": [facts[index] for index, _ in requests], "reused_early": len(requests) - len(todo)},
+        )
+        return facts
 
     def _evaluations(self, job_dir: Path, evals: list[EvaluateRecord], models: list[ModelEvidence]) -> list[EvaluationEvidence]:
         by_key = {m.key: m for m in models}
@@ -568,6 +725,11 @@ class Grader:
                 )
             )
         return out
+
+
+def _import_reporting() -> None:
+    """Import the feedback pages' libraries (matplotlib, jinja2, Pillow) ahead of their first use."""
+    import grader.feedback  # noqa: F401
 
 
 def _sealed(job_dir: Path, seal: dict[str, str]) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from grader import checks, feedback, report
+from grader import checks, report
 from grader.grade import Grader, GradingConfig
 from grader.records import SubmissionResult
 from grader.submissions import Submission, discover
@@ -39,6 +39,8 @@ _OPTIONS: list[tuple[str, str, Any, type, str]] = [
      "auto (the cores divided by the pytest-xdist workers: no oversubscription, results may differ "
      "in the last digits between -n settings) or a number"),
     ("--rubric", "GRADER_RUBRIC", None, str, "the rubric file (points and settings); default grader/rubric.toml"),
+    ("--data-cache", "GRADER_DATA_CACHE", "~/.cache/l1l2-grader", str,
+     "where the data served to kernels is prepared once per dataset version and kept for later runs"),
 ]
 
 
@@ -79,6 +81,7 @@ def grading_config(config: pytest.Config) -> GradingConfig:
         root = Path(str(config.invocation_params.dir))
         data_dir = _setting(config, "--data-dir")
         rubric = _setting(config, "--rubric")
+        cache = Path(os.path.expanduser(os.path.expandvars(_setting(config, "--data-cache"))))
         config.stash[CONFIG_KEY] = GradingConfig(
             grades_dir=(root / _setting(config, "--grades-dir")).resolve(),
             profile=profile,
@@ -86,11 +89,15 @@ def grading_config(config: pytest.Config) -> GradingConfig:
             cell_timeout=_setting(config, "--cell-timeout"),
             notebook_timeout=_setting(config, "--notebook-timeout"),
             data_dir=(root / data_dir).resolve() if data_dir else None,
+            cache_dir=(root / cache).resolve(),
             force=bool(config.getoption("--force")),
             memory_limit=_bytes(_setting(config, "--memory-limit")),
             hidden=(_submissions_dir(config),),
             rubric_path=(root / rubric).resolve() if rubric else checks.RUBRIC_PATH,
             threads=_threads(_setting(config, "--threads"), _workers(config)),
+            # One notebook at a time: its page's figures may use every core (under xdist, the other
+            # workers' kernels are using them).
+            draw_processes=available_cores() if _workers(config) == 1 else 1,
         )
     return config.stash[CONFIG_KEY]
 
@@ -250,8 +257,14 @@ def live_status(job_dir: Path, key: str, seconds: float) -> str:
             for line in fh:
                 with contextlib.suppress(ValueError, AttributeError):
                     fits += json.loads(line).get("type") == "fit"
+    training = ""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+        progress = json.loads((job_dir / "artifacts" / "progress.json").read_text(encoding="utf-8"))
+        if int(progress["fit"]) > fits:  # a fit still running (a recorded one is finished)
+            of = f"/{int(progress['epochs'])}" if progress.get("epochs") else ""
+            training = f", training fit {int(progress['fit'])}: epoch {int(progress['epoch'])}{of}"
     cells = f"{done}/{total} cells run" if total else "starting"
-    return f"grading {key}: {cells}, {fits} fit(s) recorded, {seconds:.0f} s"
+    return f"grading {key}: {cells}, {fits} fit(s) recorded{training}, {seconds:.0f} s"
 
 
 @contextlib.contextmanager
@@ -394,12 +407,15 @@ def _write_gradebook(config: pytest.Config) -> None:
         return
     cfg = grading_config(config)
     report.write_gradebook(cfg.grades_dir, results, checks.CHECK_IDS)
+    from grader import feedback
+
     try:
         feedback.write_index(
             cfg.grades_dir,
             results,
             {r.key: feedback.find_evidence(cfg.grades_dir, r) for r in results},
             feedback.read_baseline(cfg.baselines_dir / f"{cfg.profile}.json"),
+            processes=available_cores(),  # every notebook is done: the class page may use every core
         )
     except Exception as exc:  # the class page must never cost the gradebook
         (cfg.grades_dir / "index-error.txt").write_text(f"{type(exc).__name__}: {exc}\n")

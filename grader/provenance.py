@@ -11,7 +11,9 @@ each row is mapped back and looked up among the canonical train and test rows. T
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +47,38 @@ class Canonical:
 
     def channel_of(self, positions: Sequence[int]) -> np.ndarray:
         return np.asarray(positions) % self.channels
+
+    # What matching needs of the canonical data alone, derived once per dataset and reused for every
+    # recorded array (over the whole CIFAR-10 training set these reductions cost seconds each time).
+
+    @functools.cached_property
+    def train_channel_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per channel mean, std (zeros replaced by 1), min and max of the training rows."""
+        c = self.channels
+        ref = self.x_train.reshape(-1, c) if self.width % c == 0 else self.x_train.reshape(-1, 1)
+        std = ref.std(axis=0)
+        return ref.mean(axis=0), np.where(std > 0, std, 1.0), ref.min(axis=0), ref.max(axis=0)
+
+    @functools.cached_property
+    def pool(self) -> tuple[np.ndarray, np.ndarray]:
+        """Training then test rows at the sampled positions, and their per-position spread."""
+        positions = self.positions()
+        pool = np.concatenate([self.x_train[:, positions], self.x_test[:, positions]])
+        spread = pool.std(axis=0)
+        return pool, np.where(spread > 0, spread, 1.0)
+
+    @functools.cached_property
+    def neighbours(self) -> Any:
+        """A nearest-neighbour index over the pool, in units of its spread."""
+        from sklearn.neighbors import NearestNeighbors
+
+        pool, spread = self.pool
+        return NearestNeighbors(n_neighbors=1).fit(pool / spread)
+
+    @functools.cached_property
+    def integer_lookup(self) -> dict[bytes, int]:
+        """Pool row bytes (int16) -> pool index, for exact matching of integer pixel values."""
+        return {row.tobytes(): i for i, row in enumerate(self.pool[0].astype(np.int16))}
 
 
 def make_canonical(
@@ -111,13 +145,10 @@ def _student_channel_stats(fp: ArrayFingerprint, canon: Canonical) -> tuple[np.n
 
 def _candidates(fp: ArrayFingerprint, canon: Canonical) -> list[tuple[np.ndarray, np.ndarray]]:
     c = canon.channels
-    ref = canon.x_train.reshape(-1, c) if canon.width % c == 0 else canon.x_train.reshape(-1, 1)
-    ref_mean, ref_std = ref.mean(axis=0), ref.std(axis=0)
-    ref_std = np.where(ref_std > 0, ref_std, 1.0)
+    ref_mean, ref_std, ref_min, ref_max = canon.train_channel_stats
     out = [(np.ones(c), np.zeros(c))]
     # Scalers fit on the canonical training split, as students fit them: exact for X_test and subsets too.
     out.append((1 / ref_std, -ref_mean / ref_std))
-    ref_min, ref_max = ref.min(axis=0), ref.max(axis=0)
     span = np.where(ref_max > ref_min, ref_max - ref_min, 1.0)
     out.append((1 / span, -ref_min / span))
     stats = _student_channel_stats(fp, canon)
@@ -131,12 +162,10 @@ def _candidates(fp: ArrayFingerprint, canon: Canonical) -> list[tuple[np.ndarray
     return out
 
 
-def _nearest(query: np.ndarray, pool: np.ndarray, spread: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index of, and RMS distance (in units of ``spread``) to, each query row's nearest pool row."""
-    from sklearn.neighbors import NearestNeighbors
-
-    nn = NearestNeighbors(n_neighbors=1).fit(pool / spread)
-    dist, idx = nn.kneighbors(query / spread)
+def _nearest(query: np.ndarray, canon: Canonical) -> tuple[np.ndarray, np.ndarray]:
+    """Index of, and RMS distance (in units of the pool's spread) to, each query row's nearest pool row."""
+    pool, spread = canon.pool
+    dist, idx = canon.neighbours.kneighbors(query / spread)
     return idx[:, 0], dist[:, 0] / np.sqrt(pool.shape[1])
 
 
@@ -154,17 +183,15 @@ def identify(fp: ArrayFingerprint, samples: np.ndarray | None, canon: Canonical)
     if list(fp.sample_positions) != positions or samples.shape[1] != len(positions):
         return unknown("the recorded row samples were taken at other positions", rows)
     ch = canon.channel_of(positions)
-    pool = np.concatenate([canon.x_train[:, positions], canon.x_test[:, positions]])
+    pool = canon.pool[0]
     n_train = len(canon.x_train)
-    spread = pool.std(axis=0)
-    spread = np.where(spread > 0, spread, 1.0)
     probe_idx = np.linspace(0, rows - 1, num=min(rows, 400)).astype(int)
     best: tuple[float, np.ndarray, np.ndarray] | None = None
     for scale, shift in _candidates(fp, canon):
         if np.any(scale[ch] == 0):
             continue
         back = (samples[probe_idx] - shift[ch]) / scale[ch]
-        _, dist = _nearest(back, pool, spread)
+        _, dist = _nearest(back, canon)
         hit = float((dist < ROUGH_TOLERANCE).mean())
         if best is None or hit > best[0]:
             best = (hit, scale, shift)
@@ -173,7 +200,7 @@ def identify(fp: ArrayFingerprint, samples: np.ndarray | None, canon: Canonical)
     _, scale, shift = best
     # Refine the per-channel scaling by least squares on matched pairs, then match every row strictly.
     back = (samples[probe_idx] - shift[ch]) / scale[ch]
-    idx, dist = _nearest(back, pool, spread)
+    idx, dist = _nearest(back, canon)
     good = dist < ROUGH_TOLERANCE
     student_vals = samples[probe_idx][good]
     canon_vals = pool[idx[good]]
@@ -191,12 +218,12 @@ def identify(fp: ArrayFingerprint, samples: np.ndarray | None, canon: Canonical)
     back_all = (samples - new_shift[ch]) / new_scale[ch]
     if canon.integer_valued:
         # Pixel values are integers: after exact rescaling, rows match byte for byte (fast for 50,000 rows).
-        lookup = {row.tobytes(): i for i, row in enumerate(pool.astype(np.int16))}
+        lookup = canon.integer_lookup
         keys = np.round(back_all).clip(-32768, 32767).astype(np.int16)
         idx_all = np.array([lookup.get(row.tobytes(), -1) for row in keys], dtype=np.int64)
         ok = idx_all >= 0
     else:
-        idx_all, dist_all = _nearest(back_all, pool, spread)
+        idx_all, dist_all = _nearest(back_all, canon)
         ok = dist_all < STRICT_TOLERANCE
     train_rows = np.where(ok & (idx_all < n_train), idx_all, -1)
     test_rows = np.where(ok & (idx_all >= n_train), idx_all - n_train, -1)

@@ -239,6 +239,17 @@ class CheckResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """A captured model's training, as ``results.json`` reports it (``cell``: notebook cell index)."""
+
+    key: str
+    cell: int | None
+    dataset: str  # boston | cifar10 | unknown
+    train_seconds: float  # wall seconds inside its fit calls, summed
+    epochs: int
+
+
+@dataclasses.dataclass(frozen=True)
 class SubmissionResult:
     """A submission's grade: what the reports are written from."""
 
@@ -254,6 +265,7 @@ class SubmissionResult:
     grader_version: str
     profile: str
     seed: int
+    models: list[TrainedModel] = dataclasses.field(default_factory=list)  # every captured model, in training order
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,9 +14,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -183,11 +186,12 @@ def _default_hidden(extra: Iterable[Path]) -> list[Path]:
 
 
 class Limits:
-    """cgroup v1 memory and pids limits for one child; a context manager that always cleans up."""
+    """cgroup v1 memory and pids limits (and a CPU priority) for one child; a context manager that always cleans up."""
 
-    def __init__(self, memory_bytes: int = DEFAULT_MEMORY_LIMIT, pids: int = DEFAULT_PIDS_LIMIT) -> None:
+    def __init__(self, memory_bytes: int = DEFAULT_MEMORY_LIMIT, pids: int = DEFAULT_PIDS_LIMIT, nice: int = 0) -> None:
         self.memory_bytes = memory_bytes
         self.pids = pids
+        self.nice = nice
         self.name = f"job-{uuid.uuid4().hex[:12]}"
         self.groups: dict[str, Path] = {}
 
@@ -216,15 +220,19 @@ class Limits:
         return self
 
     def join(self) -> None:
-        """Set up the calling process (the child, before exec): join the groups, cap file sizes, no core dumps."""
-        import resource
+        """Set up the calling process (the child, before exec): join the groups, cap file sizes, no core dumps.
 
+        It runs between fork and exec, possibly while other threads of the grader hold locks: it
+        imports nothing and takes no lock of its own.
+        """
         for group in self.groups.values():
             (group / "cgroup.procs").write_text(str(os.getpid()))
         # A single file may not outgrow this (a kernel printing gigabytes to its log, a disk-filling loop);
         # RLIMIT_AS would break TensorFlow, which reserves large virtual ranges, so memory is a cgroup's job.
         resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if self.nice:
+            os.nice(self.nice)
 
     def oom_killed(self) -> bool:
         group = self.groups.get("memory")
@@ -251,8 +259,6 @@ class Limits:
 
     def kill_all(self) -> None:
         """Kill every process still in the groups (daemons that left the process group included)."""
-        import signal
-
         for _ in range(3):
             pids = set()
             for group in self.groups.values():
@@ -267,8 +273,6 @@ class Limits:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            import time
-
             time.sleep(0.1)
 
     def __exit__(self, *exc: object) -> None:
@@ -291,6 +295,99 @@ class Outcome:
     cpu_seconds: float | None = None  # CPU time of the child and all its descendants (cgroup cpuacct), if measured
 
 
+class IsolatedRun:
+    """An isolated child started now: poll it while it runs, then ``finish()`` for its ``Outcome``.
+
+    ``finish`` waits until the child exits or its deadline passes, then kills whatever is left of it
+    (its process group and everything in its cgroups) and releases the cgroups: whatever happens,
+    nothing keeps running. Used as a context manager, leaving the block finishes the child.
+    """
+
+    def __init__(
+        self,
+        command: list[str],
+        isolation: Isolation,
+        *,
+        timeout: float,
+        log_path: Path,
+        memory_bytes: int = DEFAULT_MEMORY_LIMIT,
+        pids: int = DEFAULT_PIDS_LIMIT,
+        nice: int = 0,
+    ) -> None:
+        """``nice`` > 0 runs the child at a lower CPU priority than the grader (and than the kernels)."""
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout
+        self.memory_bytes = memory_bytes
+        self._outcome: Outcome | None = None
+        # A pipe only the child holds: the kernel it starts does not inherit it (Jupyter closes fds), so
+        # what arrives here comes from the grader's own runner code, not from student code.
+        self._seal_read, seal_write = os.pipe()
+        env = {**runner_env(isolation.job_dir), "GRADER_SEAL_FD": str(seal_write)}
+        self._limits = Limits(memory_bytes, pids, nice)
+        try:
+            self._limits.__enter__()
+            with open(log_path, "ab") as log:
+                self._proc = subprocess.Popen(
+                    wrap(command, isolation),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    env=env,
+                    cwd=isolation.job_dir,
+                    pass_fds=(seal_write,),
+                    preexec_fn=self._limits.join,  # only joins cgroups and sets rlimits of the child itself
+                )
+        except BaseException:
+            os.close(self._seal_read)
+            self._limits.__exit__(None, None, None)
+            raise
+        finally:
+            os.close(seal_write)
+
+    def running(self) -> bool:
+        return self._outcome is None and self._proc.poll() is None
+
+    def wait(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the child to exit; True when it has."""
+        try:
+            self._proc.wait(timeout=max(0.0, seconds))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def finish(self, timeout: float | None = None) -> Outcome:
+        """Wait for the child (until its deadline, or ``timeout`` seconds from now if sooner), then clean up."""
+        if self._outcome is not None:
+            return self._outcome
+        remaining = self.deadline - time.monotonic()
+        if timeout is not None:
+            remaining = min(remaining, timeout)
+        code: int | None
+        try:
+            code = self._proc.wait(timeout=max(0.0, remaining))
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._limits.kill_all()
+            self._proc.wait()
+            seal = _read_all(self._seal_read)
+            oom, cpu = self._limits.oom_killed(), self._limits.cpu_seconds()
+            self._limits.__exit__(None, None, None)
+        self._outcome = Outcome(code, oom, time.monotonic() - self.started, seal, cpu)
+        return self._outcome
+
+    def __enter__(self) -> IsolatedRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish(timeout=0.0 if exc[0] is not None else None)
+
+
 def run_isolated(
     command: list[str],
     isolation: Isolation,
@@ -301,43 +398,8 @@ def run_isolated(
     pids: int = DEFAULT_PIDS_LIMIT,
 ) -> Outcome:
     """Run ``command`` isolated, with limits and a deadline; whatever happens, leave nothing running."""
-    import signal
-    import time
-
-    started = time.monotonic()
-    # A pipe only the child holds: the kernel it starts does not inherit it (Jupyter closes fds), so
-    # what arrives here comes from the grader's own runner code, not from student code.
-    seal_read, seal_write = os.pipe()
-    env = {**runner_env(isolation.job_dir), "GRADER_SEAL_FD": str(seal_write)}
-    with Limits(memory_bytes, pids) as limits, open(log_path, "ab") as log:
-        try:
-            proc = subprocess.Popen(
-                wrap(command, isolation),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env=env,
-                cwd=isolation.job_dir,
-                pass_fds=(seal_write,),
-                preexec_fn=limits.join,  # only joins cgroups and sets rlimits of the child itself
-            )
-        finally:
-            os.close(seal_write)
-        code: int | None
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            code = None
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            limits.kill_all()
-            proc.wait()
-        seal = _read_all(seal_read)
-        return Outcome(code, limits.oom_killed(), time.monotonic() - started, seal, limits.cpu_seconds())
+    run = IsolatedRun(command, isolation, timeout=timeout, log_path=log_path, memory_bytes=memory_bytes, pids=pids)
+    return run.finish()
 
 
 def _read_all(fd: int, limit: int = 1 << 20) -> str:

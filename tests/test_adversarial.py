@@ -309,7 +309,8 @@ class Run:
 def _grading_command(corpus: Path, grades: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "pytest", "grader/", "--submissions", str(corpus), "--grades-dir", str(grades),
-        *GRADING_OPTIONS, *extra,
+        # The served data inside the grades dir, where writing_outside_the_job_dir_fails looks for it.
+        "--data-cache", str(grades / ".cache"), *GRADING_OPTIONS, *extra,
     ]
 
 
@@ -574,7 +575,8 @@ def test_the_orchestrator_memory_stays_bounded(run: Run) -> None:
     # peak of it or of any descendant it waited for (what getrusage(RUSAGE_CHILDREN) measures, but for this
     # child alone, while the control is graded beside it). The sandboxed runners and kernels are reaped inside
     # their PID namespaces, so in practice both numbers are the orchestrator's (about 300 MB here).
-    assert len(run.orchestrator_hwm_kib) == 1 + int(PARALLEL[1]), run.orchestrator_hwm_kib  # controller + workers
+    # The controller and its workers, and any process forked by the controller to draw the class page's figures.
+    assert len(run.orchestrator_hwm_kib) >= 1 + int(PARALLEL[1]), run.orchestrator_hwm_kib
     assert 0 < max(run.orchestrator_hwm_kib.values()) * 1024 < 1 * GiB, run.orchestrator_hwm_kib
     assert run.max_rss_kib * 1024 < 2 * GiB, run.max_rss_kib
 

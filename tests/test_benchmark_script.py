@@ -92,3 +92,18 @@ def test_metric_spread_finds_the_largest_difference_between_configurations(bench
     assert spread["compared"] == 2 and spread["where"] == "a cnn.l1_accuracy"
     assert spread["max_abs_difference"] == pytest.approx(0.01)
     assert bench.metric_spread({"-n 1": {"x": 1.0}, "-n 2": {"x": 1.0}})["where"] == ""
+
+
+def test_rounds_are_compared_within_each_round_and_summarised_by_their_median(bench: ModuleType) -> None:
+    rounds = [
+        {"plain nbclient": {"wall": 50.0}, "nbgrader autograde": {"wall": 55.0}, "pytest grader/": {"wall": 52.0}},
+        {"plain nbclient": {"wall": 80.0}, "nbgrader autograde": {"wall": 60.0}, "pytest grader/": {"wall": 56.0}},
+        {"plain nbclient": {"wall": 52.0}, "nbgrader autograde": {"wall": 53.0}, "pytest grader/": {"wall": 78.0}},
+    ]
+    ratios = bench.round_ratios(rounds)
+
+    assert ratios["pytest grader/ / plain nbclient"] == pytest.approx([1.04, 0.7, 1.5])
+    assert ratios["pytest grader/ / nbgrader autograde"] == pytest.approx([52 / 55, 56 / 60, 78 / 53])
+    text = bench.format_rounds(rounds)
+    assert "round 2: plain nbclient 80.0 s" in text
+    assert "pytest grader/ / plain nbclient: 1.04x 0.70x 1.50x; median 1.04x" in text

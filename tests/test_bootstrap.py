@@ -1,6 +1,6 @@
 """Tests of the fingerprint helpers of grader/bootstrap.py (shared by the kernel and the grader).
 
-``install`` and the recorder patch a live kernel and are exercised by the end-to-end runs, not here.
+``install`` patches a live kernel and is exercised by the end-to-end runs; the recorder is also run here once, on a tiny model.
 """
 
 from __future__ import annotations
@@ -134,3 +134,30 @@ def test_layer_facts_written_for_subclassed_models_read_back_with_inspect() -> N
     assert out is not None and out.kind == "l2" and out.l2 == pytest.approx(1e-4)
     assert entries["flat"]["kernel_regularizer"] is None
     assert entries["conv"]["kernel_variable"] and entries["flat"]["kernel_variable"] is None
+
+
+def test_the_recorder_reports_each_epoch_and_keeps_the_students_own_callbacks(tmp_path: Path) -> None:
+    keras = pytest.importorskip("keras")
+    from grader.bootstrap import _install_recorder
+
+    original_fit, original_evaluate = keras.Model.fit, keras.Model.evaluate
+    seen: list[tuple[int, dict[str, float]]] = []
+
+    class Mine(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            seen.append((epoch, dict(logs or {})))
+
+    try:
+        _install_recorder(tmp_path)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+        x, y = np.ones((8, 3), dtype="float32"), np.zeros((8, 1), dtype="float32")
+        history = model.fit(x, y, epochs=3, verbose=0, callbacks=[Mine()])
+    finally:
+        keras.Model.fit, keras.Model.evaluate = original_fit, original_evaluate
+
+    assert json.loads((tmp_path / "progress.json").read_text()) == {"fit": 1, "epoch": 3, "epochs": 3}
+    assert [epoch for epoch, _ in seen] == [0, 1, 2] and all("loss" in logs for _, logs in seen)
+    assert len(history.history["loss"]) == 3
+    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert [(r["type"], r["epochs_run"]) for r in records] == [("fit", 3)]

@@ -403,6 +403,30 @@ def test_diverged_history_and_unreadable_weights_are_described(tmp_path: Path) -
     assert "The weights of your L1 CNN could not be read" in text
 
 
+def test_figures_drawn_in_two_processes_give_the_same_pages(tmp_path: Path) -> None:
+    ev, base = evidence(), baseline(True)
+    result = submission("hana", ev, base)
+    one = feedback.write_feedback(tmp_path / "one", result, ev, base, bounds(base), processes=1).read_text()
+    two = feedback.write_feedback(tmp_path / "two", result, ev, base, bounds(base), processes=2).read_text()
+    index_one = feedback.write_index(tmp_path / "one", [result], {"hana": ev}, base, processes=1).read_text()
+    index_two = feedback.write_index(tmp_path / "two", [result], {"hana": ev}, base, processes=2).read_text()
+
+    assert one.count("data:image/png;base64,") >= 8
+    assert two == one
+    assert index_two == index_one
+
+
+def test_a_figure_that_cannot_be_drawn_becomes_a_sentence_in_either_mode(tmp_path: Path) -> None:
+    def broken() -> Any:
+        raise ValueError("no axes today")
+
+    for processes in (1, 2):
+        with feedback._drawing(processes):
+            plots = [feedback._draw("Broken", "alt", ["A note."], broken), feedback._draw("Also broken", "alt", [], broken)]
+        assert [p.image for p in plots] == [None, None]
+        assert plots[0].notes == ["A note.", "This plot could not be drawn (ValueError: no axes today)."]
+
+
 # ------------------------------------------------------------------------------------------------
 # index.html
 # ------------------------------------------------------------------------------------------------

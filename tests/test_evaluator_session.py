@@ -1,0 +1,147 @@
+"""The evaluator started with the notebook: early answers are kept only while they still describe the final files.
+
+These tests drive ``Grader._evaluate`` and ``evaluate.Session`` directly on small saved Keras models
+(no notebook runs): a request answered "early" (as while a kernel still runs) is reused when the
+model file is unchanged, evaluated again when the file changed after its answer, and artifacts that
+could stall or fool the evaluator (a FIFO, a symbolic link) are refused with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from grader import evaluate  # noqa: E402
+from grader.grade import Grader, GradingConfig  # noqa: E402
+from grader.records import ModelFacts  # noqa: E402
+
+
+def save_dense(path: Path, value: float) -> None:
+    """A one-layer model whose kernel is all ``value`` (0.0: every weight near zero)."""
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant(value))
+    model = keras.Model(inputs, dense(inputs))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+
+
+@pytest.fixture
+def grader(tmp_path: Path) -> Grader:
+    return Grader(GradingConfig(grades_dir=tmp_path / "grades", profile="tiny", cache_dir=tmp_path / "cache"))
+
+
+@pytest.fixture
+def job_dir(tmp_path: Path) -> Path:
+    job = tmp_path / "grades" / ".jobs" / "student"
+    (job / "artifacts" / "models").mkdir(parents=True)
+    return job
+
+
+def request(job_dir: Path, name: str = "fit001.keras") -> dict[str, Any]:
+    return {
+        "fit_index": 1,
+        "artifact": str((job_dir / "artifacts" / "models" / name).resolve()),
+        "format": "keras",
+        "facts_file": None,
+        "input": None,
+    }
+
+
+def answer_early(grader: Grader, job_dir: Path, entry: dict[str, Any]) -> tuple[Any, int]:
+    """Start the evaluator as ``collect`` does and have ``entry`` answered before the final round."""
+    session = grader._evaluator(job_dir, timeout=300)
+    rid = session.submit(entry)
+    assert session.wait_answer(rid, time.monotonic() + 240) is not None, (job_dir / "eval" / "evaluator.log").read_text()
+    return session, rid
+
+
+def final_round(grader: Grader, job_dir: Path, session: Any, entry: dict[str, Any], rid: int) -> ModelFacts:
+    try:
+        facts = grader._evaluate(job_dir, [(1, entry)], {}, session, {1: rid})
+    finally:
+        session.kill()
+    return facts[1]
+
+
+def test_an_early_answer_is_reused_when_the_model_file_is_unchanged(grader: Grader, job_dir: Path) -> None:
+    save_dense(job_dir / "artifacts" / "models" / "fit001.keras", 0.0)
+    entry = request(job_dir)
+    session, rid = answer_early(grader, job_dir, entry)
+
+    facts = final_round(grader, job_dir, session, entry, rid)
+
+    assert facts.loaded and facts.near_zero["0.001"] == 1.0
+    assert sorted(p.name for p in (job_dir / "eval" / "requests").glob("*.json")) == ["0001.json"]
+    assert json.loads((job_dir / "eval" / "evaluation.json").read_text())["reused_early"] == 1
+    assert not session.run.running(), "once every answer is in, the evaluator is stopped"
+
+
+def test_the_evaluator_exits_by_itself_once_told_no_more_requests_come(grader: Grader, job_dir: Path) -> None:
+    session = grader._evaluator(job_dir, timeout=300)
+    try:
+        outcome = session.close(240)
+    finally:
+        session.kill()
+
+    assert outcome.returncode == 0, (job_dir / "eval" / "evaluator.log").read_text()[-2000:]
+
+
+def test_a_model_file_rewritten_after_its_early_answer_is_evaluated_again(grader: Grader, job_dir: Path) -> None:
+    artifact = job_dir / "artifacts" / "models" / "fit001.keras"
+    save_dense(artifact, 0.0)
+    entry = request(job_dir)
+    session, rid = answer_early(grader, job_dir, entry)
+    save_dense(artifact, 1.0)  # what a notebook could do after its model was evaluated early
+
+    facts = final_round(grader, job_dir, session, entry, rid)
+
+    assert facts.loaded and facts.near_zero["0.001"] == 0.0, "the grade must come from the file as the notebook left it"
+    assert sorted(p.name for p in (job_dir / "eval" / "requests").glob("*.json")) == ["0001.json", "0002.json"]
+    assert json.loads((job_dir / "eval" / "evaluation.json").read_text())["reused_early"] == 0
+
+
+def test_a_fifo_or_symbolic_link_in_place_of_a_model_is_refused_without_stalling(grader: Grader, job_dir: Path) -> None:
+    models = job_dir / "artifacts" / "models"
+    os.mkfifo(models / "fit001.keras")  # opening it for reading would block until a writer came
+    save_dense(models / "real.keras", 0.0)
+    (models / "fit002.keras").symlink_to(models / "real.keras")
+    session = grader._evaluator(job_dir, timeout=300)
+    try:
+        started = time.monotonic()
+        facts = grader._evaluate(
+            job_dir,
+            # The grader resolves artifact paths before asking; the evaluator refuses a link all the same.
+            [(1, request(job_dir, "fit001.keras")), (2, {**request(job_dir), "artifact": str(models / "fit002.keras"), "fit_index": 2})],
+            {}, session, {},
+        )
+    finally:
+        session.kill()
+
+    assert time.monotonic() - started < 120
+    assert not facts[1].loaded and "other than regular files" in facts[1].load_error
+    assert not facts[2].loaded and "symbolic link" in facts[2].load_error
+
+
+def test_artifact_digest_changes_with_the_bytes_and_is_empty_for_links(tmp_path: Path) -> None:
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"one")
+    first = evaluate.artifact_digest(model)
+    model.write_bytes(b"two")
+    (tmp_path / "link.keras").symlink_to(model)
+    folder = tmp_path / "saved"
+    (folder / "variables").mkdir(parents=True)
+    (folder / "variables" / "v.data").write_bytes(np.arange(3).tobytes())
+
+    assert first and evaluate.artifact_digest(model) not in ("", first)
+    assert evaluate.artifact_digest(tmp_path / "link.keras") == ""
+    assert evaluate.artifact_digest(folder) != ""
+    (folder / "variables" / "alias").symlink_to(folder / "variables" / "v.data")
+    assert evaluate.artifact_digest(folder) == ""
