@@ -143,7 +143,7 @@ def test_the_recorder_reports_each_epoch_and_keeps_the_students_own_callbacks(tm
     original_fit, original_evaluate = keras.Model.fit, keras.Model.evaluate
     seen: list[tuple[int, dict[str, float]]] = []
 
-    class Mine(keras.callbacks.Callback):  # type: ignore[misc]
+    class Mine(keras.callbacks.Callback):  # type: ignore[misc,name-defined]
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             seen.append((epoch, dict(logs or {})))
 
