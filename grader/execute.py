@@ -1,9 +1,9 @@
 """The runner: executes one prepared notebook in a fresh kernel and leaves artifacts in its job dir.
 
-Two halves live here. :func:`run_job` is called by the orchestrator: it writes the job description
-and starts ``python -m grader.execute JOB_DIR`` as a separate process (sandboxed when the machine
-allows, see ``grader/sandbox.py``), with a hard deadline. The ``__main__`` half runs nbclient inside that
-process: a bootstrap cell first, then each student cell with its own timeout, going on after errors.
+Two halves live here. The orchestrator calls :func:`write_job` (the job description), then
+:func:`start_job`, which starts ``python -m grader.execute JOB_DIR`` as a separate process (sandboxed
+when the machine allows, see ``grader/sandbox.py``) with a hard deadline, and :func:`job_result` once
+it ends. The ``__main__`` half runs nbclient inside that process: a bootstrap cell first, then each student cell with its own timeout, going on after errors.
 
 Job dir layout::
 
@@ -126,11 +126,6 @@ def job_result(run: IsolatedRun, notebook_timeout: float) -> RunResult:
     if outcome.returncode != 0:
         return RunResult("crashed", f"the runner process ended with status {outcome.returncode}", seal, outcome.cpu_seconds)
     return RunResult("", "", seal, outcome.cpu_seconds)
-
-
-def run_job(job_dir: Path, notebook_timeout: float, **options: Any) -> RunResult:
-    """Run the runner process for a prepared job dir to its end."""
-    return job_result(start_job(job_dir, notebook_timeout, **options), notebook_timeout)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -388,20 +388,6 @@ class IsolatedRun:
         self.finish(timeout=0.0 if exc[0] is not None else None)
 
 
-def run_isolated(
-    command: list[str],
-    isolation: Isolation,
-    *,
-    timeout: float,
-    log_path: Path,
-    memory_bytes: int = DEFAULT_MEMORY_LIMIT,
-    pids: int = DEFAULT_PIDS_LIMIT,
-) -> Outcome:
-    """Run ``command`` isolated, with limits and a deadline; whatever happens, leave nothing running."""
-    run = IsolatedRun(command, isolation, timeout=timeout, log_path=log_path, memory_bytes=memory_bytes, pids=pids)
-    return run.finish()
-
-
 def _read_all(fd: int, limit: int = 1 << 20) -> str:
     chunks: list[bytes] = []
     try:

@@ -107,3 +107,14 @@ def test_rounds_are_compared_within_each_round_and_summarised_by_their_median(be
     text = bench.format_rounds(rounds)
     assert "round 2: plain nbclient 80.0 s" in text
     assert "pytest grader/ / plain nbclient: 1.04x 0.70x 1.50x; median 1.04x" in text
+
+
+def test_each_batch_configuration_reports_its_workers_and_threads(bench: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench, "xdist_auto_workers", lambda: 2)
+
+    threads = bench.threads_by_config(2)
+
+    assert threads["-n 1"] == {"workers": 1, "threads_per_kernel": 2}
+    assert threads["-n 2"] == {"workers": 2, "threads_per_kernel": 1}
+    assert threads["-n auto"] == {"workers": 2, "threads_per_kernel": 1}
+    assert threads["-n auto, threads cores"] == {"workers": 2, "threads_per_kernel": 2}
