@@ -188,7 +188,7 @@ def format_report(summary: dict[str, Any]) -> str:
         lines += [
             "",
             f"batch ({cores} cores)",
-            f"  {'run':<22} {'kernels':>8} {'wall':>9} {'cpu':>9} {'speedup':>8} {'kernel cpu':>11} {'/cores':>9} {'wall/that':>10} {'wall/(cpu/cores)':>17}",
+            f"  {'run':<22} {'kernels':>8} {'wall':>9} {'cpu':>9} {'speedup':>8} {'kernel cpu':>11} {'/cores':>9} {'wall/that':>10} {'wall/(cpu/cores)':>17} {'idle':>9} {'steal':>8}",
         ]
         for label, row in summary["batch"].items():
             kernels = f"{row['workers']}x{row['threads_per_kernel']}t" if "workers" in row else "-"
