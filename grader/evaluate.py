@@ -232,13 +232,12 @@ def _copy_bounded(src: str, dst: str) -> str:
 
 
 def _private_copy(entry: dict[str, Any], work: Path) -> tuple[dict[str, Any], str]:
-    """Copy a request's artifact (and kernel facts file) out of the kernel's reach; the entry now names the copies."""
+    """Copy a request's artifact (and kernel facts file) out of the kernel's reach; the entry now names the
+    copies, and the digest is theirs (``request_digest`` of the new entry)."""
     entry = dict(entry)
-    digest = hashlib.sha256()
     for key in ("artifact", "facts_file"):
         src = Path(entry[key]) if entry.get(key) else None
         if src is None or not (src.exists() or src.is_symlink()):
-            digest.update(b"-")
             continue
         if src.is_symlink():
             raise ValueError("the saved model is a symbolic link")
@@ -249,16 +248,15 @@ def _private_copy(entry: dict[str, Any], work: Path) -> tuple[dict[str, Any], st
             shutil.copytree(src, dst, symlinks=False, copy_function=_copy_bounded)
         else:
             _copy_bounded(str(src), str(dst))
-        one = artifact_digest(dst)
-        if not one:
-            raise ValueError("the saved model could not be read")
-        digest.update(one.encode())
         entry[key] = str(dst)
-    return entry, digest.hexdigest()
+    digest = request_digest(entry)
+    if not digest:
+        raise ValueError("the saved model could not be read")
+    return entry, digest
 
 
 def request_digest(entry: dict[str, Any]) -> str:
-    """The digest an evaluator reports for a request whose files are as they are now (see ``_private_copy``)."""
+    """A request's files as they are now: their digests in order ("-" for one absent); "" if one cannot be read."""
     digest = hashlib.sha256()
     for key in ("artifact", "facts_file"):
         path = Path(entry[key]) if entry.get(key) else None

@@ -43,6 +43,7 @@ NOTEBOOK_OUTPUT_CAP = 5_000_000
 TIMEOUT_ENAME = "GraderCellTimeout"
 PROBE_SECONDS = 15
 BOOTSTRAP_TIMEOUT = 300
+RUNNER_GRACE = 60.0  # seconds the runner may outlive the notebook deadline (shutting its kernel down, saving)
 
 
 def write_job(
@@ -95,7 +96,7 @@ def start_job(
     readable: tuple[Path, ...] = (),
     hidden: tuple[Path, ...] = (),
     memory_bytes: int | None = None,
-    grace: float = 60.0,
+    grace: float = RUNNER_GRACE,
 ) -> IsolatedRun:
     """Start the runner process for a prepared job dir; ``job_result`` turns its ending into a ``RunResult``."""
     from grader import sandbox

@@ -203,7 +203,9 @@ class Grader:
             with runner:
                 # The evaluator starts with the notebook: its imports, and its work on the models the
                 # first cells train, overlap the cells that follow (grader/evaluate.py).
-                session = self._evaluator(job_dir, timeout=self.config.notebook_timeout + 60 + EVALUATOR_TIMEOUT)
+                session = self._evaluator(
+                    job_dir, timeout=self.config.notebook_timeout + execute.RUNNER_GRACE + EVALUATOR_TIMEOUT
+                )
                 try:
                     early = self._while_running(runner, session, job_dir)
                     run = execute.job_result(runner, self.config.notebook_timeout)
@@ -312,8 +314,8 @@ class Grader:
         kill_status: str,
         kill_reason: str,
         *,
-        session: evaluate.Session | None = None,
-        early: dict[int, int] | None = None,
+        session: evaluate.Session,
+        early: dict[int, int],
     ) -> Evidence:
         """The evidence of a finished run; ``session`` and ``early`` are the evaluator started with the
         notebook and what it was asked while the notebook ran (see ``_while_running``)."""
@@ -342,7 +344,7 @@ class Grader:
         # seconds) and the grader's own; CPU seconds of the sandboxed children where cgroups count them.
         timings = {f"runner_{k}": float(v) for k, v in run.get("timings", {}).items()}
         t0 = time.monotonic()
-        models = self._models(job_dir, fits, cell_of, timings, session, early or {})
+        models = self._models(job_dir, fits, cell_of, timings, session, early)
         evaluations = self._evaluations(job_dir, evals, models)
         timings["evaluation"] = time.monotonic() - t0
         timings["training"] = float(sum(m.train_seconds for m in models))
@@ -428,7 +430,7 @@ class Grader:
         fits: list[FitRecord],
         cell_of: dict[int, int],
         timings: dict[str, float],
-        session: evaluate.Session | None,
+        session: evaluate.Session,
         early: dict[int, int],
     ) -> list[ModelEvidence]:
         last: dict[str, FitRecord] = {}
@@ -619,17 +621,18 @@ class Grader:
                 continue
             try:
                 size = records.stat().st_size if records.is_file() and not records.is_symlink() else -1
-                if size != seen_size:
+                # One request per idle evaluator: the records are read again until none is left to send.
+                if size != seen_size and not self._send_latest(job_dir, session, early):
                     seen_size = size
-                    self._send_latest(job_dir, session, early)
             except Exception:  # noqa: BLE001 - never let the head start cost a grade
                 continue
 
-    def _send_latest(self, job_dir: Path, session: evaluate.Session, early: dict[int, int]) -> None:
+    def _send_latest(self, job_dir: Path, session: evaluate.Session, early: dict[int, int]) -> bool:
+        """Send the evaluator the first latest fit of a model not sent yet; False when there is none."""
         try:
             fits, _ = self._read_records(job_dir / "artifacts")
         except ValueError:
-            return
+            return False
         latest = {fit.model_key: fit for fit in fits}
         for fit in sorted(latest.values(), key=lambda f: f.index):
             if fit.index in early:
@@ -640,21 +643,18 @@ class Grader:
                 early[fit.index] = 0
                 continue
             early[fit.index] = session.submit(request)
-            return
+            return True
+        return False
 
     def _evaluate(
         self,
         job_dir: Path,
         requests: list[tuple[int, dict[str, Any]]],
         timings: dict[str, float],
-        session: evaluate.Session | None,
+        session: evaluate.Session,
         early: dict[int, int],
     ) -> dict[int, ModelFacts]:
         """Each final request's facts: an early answer where it still holds, the evaluator's answer otherwise."""
-        if not requests and session is None:
-            return {}
-        if session is None:
-            session = self._evaluator(job_dir, timeout=EVALUATOR_TIMEOUT)
         deadline = time.monotonic() + EVALUATOR_TIMEOUT
         facts: dict[int, ModelFacts] = {}
         todo: list[tuple[int, dict[str, Any]]] = []
@@ -671,8 +671,8 @@ class Grader:
             session.wait_answer(rid, deadline)
         # Every answer is in (or the evaluator is gone, or out of time): stop it without waiting for its exit.
         outcome = session.close(0.0)
-        if outcome.cpu_seconds is not None:
-            timings["sandbox_evaluator_cpu"] = outcome.cpu_seconds
+        if outcome.cpu_seconds is not None:  # summed: a retry adds a second evaluator
+            timings["sandbox_evaluator_cpu"] = timings.get("sandbox_evaluator_cpu", 0.0) + outcome.cpu_seconds
         missing = []
         for index, request in todo:
             got = session.answer(sent[index]) if index in sent else None
