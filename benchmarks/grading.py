@@ -58,6 +58,10 @@ BATCH_CONFIGS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # The grader's default thread setting: every kernel gets every core, whatever -n.
     ("-n auto, threads cores", ("-n", "auto", "--threads", "cores")),
 )
+# The same batch with no grader at all: plain nbclient, as many notebooks at a time as there are
+# cores, each kernel with every core's threads (the grader's default). What its kernels leave idle,
+# no grader could fill without running something else.
+PLAIN_BATCH = "plain nbclient, cores at a time"
 ASSIGNMENT = "l1l2"
 STUDENT = "student01"
 
@@ -124,7 +128,7 @@ def summarize(
             **((threads or {}).get(label) or {}),
             "wall": run.wall,
             "cpu": run.cpu,
-            "speedup_vs_n1": ratio(n1.wall, run.wall) if n1 else None,
+            "speedup_vs_n1": ratio(n1.wall, run.wall) if n1 and label != PLAIN_BATCH else None,
             "kernel_cpu": kernel_cpu,
             "kernel_cpu_per_core": ideal,
             "wall_vs_kernel_cpu_per_core": ratio(run.wall, ideal) if ideal else None,
@@ -173,7 +177,7 @@ def format_report(summary: dict[str, Any]) -> str:
         lines += ["one notebook", f"  {'side':<22} {'wall':>9} {'cpu':>9} {'wall/plain':>11} {'cpu/plain':>10}"]
         for label, row in summary["single"].items():
             lines.append(
-                f"  {label:<22} {_s(row['wall']):>9} {_s(row['cpu']):>9} {_x(row['wall_vs_plain']):>11} {_x(row['cpu_vs_plain']):>10}"
+                f"  {label:<32} {_s(row['wall']):>9} {_s(row['cpu']):>9} {_x(row['wall_vs_plain']):>11} {_x(row['cpu_vs_plain']):>10}"
             )
         grader = summary["single"].get("pytest grader/", {})
         if grader.get("wall_vs_nbgrader") is not None:
@@ -188,12 +192,12 @@ def format_report(summary: dict[str, Any]) -> str:
         lines += [
             "",
             f"batch ({cores} cores)",
-            f"  {'run':<22} {'kernels':>8} {'wall':>9} {'cpu':>9} {'speedup':>8} {'kernel cpu':>11} {'/cores':>9} {'wall/that':>10} {'wall/(cpu/cores)':>17} {'idle':>9} {'steal':>8}",
+            f"  {'run':<32} {'kernels':>8} {'wall':>9} {'cpu':>9} {'speedup':>8} {'kernel cpu':>11} {'/cores':>9} {'wall/that':>10} {'wall/(cpu/cores)':>17} {'idle':>9} {'steal':>8}",
         ]
         for label, row in summary["batch"].items():
             kernels = f"{row['workers']}x{row['threads_per_kernel']}t" if "workers" in row else "-"
             lines.append(
-                f"  {label:<22} {kernels:>8} {_s(row['wall']):>9} {_s(row['cpu']):>9} {_x(row['speedup_vs_n1']):>8}"
+                f"  {label:<32} {kernels:>8} {_s(row['wall']):>9} {_s(row['cpu']):>9} {_x(row['speedup_vs_n1']):>8}"
                 f" {_s(row['kernel_cpu']):>11} {_s(row['kernel_cpu_per_core']):>9}"
                 f" {_x(row['wall_vs_kernel_cpu_per_core']):>10} {_x(row['wall_vs_all_cpu_per_core']):>17}"
                 f" {_s(row.get('machine_idle')):>9} {_s(row.get('steal')):>8}"
@@ -572,11 +576,39 @@ class Bench:
                 for c in r.checks
                 if isinstance(c.details.get("value"), (int, float))
             }
+        if not self.args.configs or PLAIN_BATCH in self.args.configs:
+            self.run_plain_batch(subs)
         if len({json.dumps(s, sort_keys=True) for s in scores.values()}) > 1:
             self.note(f"scores differ between configurations: {scores}")
         self.metric_spread = metric_spread(metrics)
         if "-n 1" in self.batch:
             self.run_regrade(subs, self.work / "batch" / "grades-n1")
+
+    def run_plain_batch(self, subs: Path) -> None:
+        """The batch executed by plain nbclient, ``cores`` notebooks at a time (``PLAIN_BATCH``)."""
+        import nbformat
+
+        out = self.work / "batch" / "plain"
+        prepared = self.work / "batch" / "plain-notebooks"
+        prepared.mkdir(parents=True)
+        notebooks = []
+        for notebook in sorted(subs.glob("*.ipynb")):
+            nbformat.write(baseline_notebook(notebook, self.data_dir), str(prepared / notebook.name))
+            notebooks.append(str(prepared / notebook.name))
+        self.batch[PLAIN_BATCH] = timed(
+            f"batch {PLAIN_BATCH}",
+            [PYTHON, str(ROOT / "benchmarks" / "run_plain.py"), "--parallel", str(self.cores), str(out),
+             str(self.args.cell_timeout), *notebooks],
+            log=self.work / "batch" / "plain.log",
+            env=plain_env(self.work / "batch" / "home-plain", Path(PYTHON).parent, self.cores),
+        )
+        cpu = 0.0
+        for path in notebooks:
+            stem = Path(path).stem
+            for problem in check_executed(out / f"{stem}.executed.ipynb", self.args.expect):
+                self.note(f"{PLAIN_BATCH}: {stem}: {problem}")
+            cpu += float(json.loads((out / f"{stem}.timings.json").read_text())["kernel_cpu"])
+        self.batch_kernel_cpu[PLAIN_BATCH] = cpu
 
     def run_regrade(self, subs: Path, grades: Path) -> None:
         from grader import checks
@@ -712,8 +744,10 @@ def threads_by_config(cores: int) -> dict[str, dict[str, int]]:
     for label, flags in BATCH_CONFIGS:
         n = flags[flags.index("-n") + 1]
         workers = xdist_auto_workers() if n == "auto" else int(n)
-        threads = threads_per_kernel(cores, workers) if flags[flags.index("--threads") + 1] == "auto" else cores
+        setting = flags[flags.index("--threads") + 1]
+        threads = threads_per_kernel(cores, workers) if setting == "auto" else cores if setting == "cores" else int(setting)
         out[label] = {"workers": workers, "threads_per_kernel": threads}
+    out[PLAIN_BATCH] = {"workers": cores, "threads_per_kernel": cores}
     return out
 
 
@@ -747,8 +781,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.repeat < 1:
         parser.error("--repeat: at least 1")
     args.configs = {c.strip() for c in args.configs.split(";") if c.strip()}
-    if not args.configs <= {label for label, _ in BATCH_CONFIGS}:
-        parser.error(f"--configs: expected labels among {[label for label, _ in BATCH_CONFIGS]}")
+    labels = [label for label, _ in BATCH_CONFIGS] + [PLAIN_BATCH]
+    if not args.configs <= set(labels):
+        parser.error(f"--configs: expected labels among {labels}")
     args.notebook = args.notebook.resolve()
     if args.data_dir is not None:
         args.data_dir = args.data_dir.resolve()

@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 MAX_MODEL_BYTES = 512 * 1024 * 1024
 PREDICT_BATCH = 500
 POLL_SECONDS = 0.1
-# The evaluator yields the CPU to kernels: its work while a notebook runs should fill idle cores, not slow the notebook.
-EVALUATOR_NICE = 10
 END = "END"
 
 
@@ -327,7 +325,11 @@ def main(argv: list[str]) -> int:
 
 
 class Session:
-    """One submission's evaluator process, started with its notebook and closed once every model is answered."""
+    """One submission's evaluator process, started with its notebook and closed once every model is answered.
+
+    It starts at background priority (``sandbox.background_policy``): while the notebook runs it should
+    fill cores the kernel leaves idle, not slow the kernel down; ``foreground()`` lifts that.
+    """
 
     def __init__(
         self,
@@ -354,7 +356,7 @@ class Session:
             timeout=timeout,
             log_path=eval_dir / "evaluator.log",
             memory_bytes=memory_bytes,
-            nice=EVALUATOR_NICE,
+            background=True,
         )
         self.outcome: Outcome | None = None
 
@@ -389,6 +391,10 @@ class Session:
             name = Path(facts.predictions_file).name
             facts = _replace(facts, predictions_file=f"{self.eval_dir.name}/{name}")
         return facts, str(data.get("digest", ""))
+
+    def foreground(self) -> None:
+        """The notebook is done: the evaluator's remaining work is no longer background work."""
+        self.run.to_foreground()
 
     def close(self, timeout: float) -> Outcome:
         """No more requests: wait up to ``timeout`` seconds for the evaluator to answer them all and exit."""

@@ -297,6 +297,10 @@ async def _execute(job_dir: Path) -> None:
         error_on_timeout={"ename": TIMEOUT_ENAME, "evalue": f"the cell ran longer than {cell_timeout:.0f} s", "traceback": []},
         startup_timeout=180,
         record_timing=True,
+        # Once the last cell has answered, its outputs and the recorder's files are complete: the
+        # kernel is killed rather than asked to shut down (a second or more with TensorFlow loaded),
+        # and no exit handler of the student's code runs after the notebook.
+        shutdown_kernel="immediate",
         on_cell_error=on_cell_error,
         resources={"metadata": {"path": str(job_dir / "home")}},
     )

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import sys
 import threading
 import time
 import traceback
@@ -21,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from grader import __version__, checks, evaluate, execute, gpu, provenance, report, submissions
+from grader import __version__, checks, evaluate, execute, gpu, provenance, report, sandbox, submissions
 from grader.datasets import DatasetStore, boston_split, served_cifar10
 from grader.records import (
     ArrayFingerprint,
@@ -36,6 +34,7 @@ from grader.records import (
     SubmissionResult,
     TrainedModel,
     from_jsonable,
+    to_jsonable,
     write_json_atomic,
 )
 from grader.sandbox import DEFAULT_MEMORY_LIMIT, IsolatedRun
@@ -50,7 +49,7 @@ MAX_SAMPLES_BYTES = 200 * 1024 * 1024
 EVALUATOR_TIMEOUT = 900.0
 EARLY_REQUESTS = 8  # models sent to the evaluator while their notebook still runs, at most
 RUNNING_POLL_SECONDS = 0.25
-MEANWHILE_NICE = 10  # the priority of the work done while a notebook runs, below the kernel's
+MATCH_CACHE_SIZE = 256  # provenance matches kept (a notebook has a handful; a batch worker's are dropped in bulk)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +87,9 @@ class Grader:
         self.config = config
         self.store = DatasetStore(config.profile, cache_dir=config.data_cache, data_dir=config.data_dir)
         self.rubric = checks.load_rubric(config.rubric_path)
+        # Provenance matches, by what they are computed from (the fingerprint and the samples' bytes):
+        # the helper thread's matches while a notebook runs are reused, never trusted blindly.
+        self._matches: dict[tuple[str, str], provenance.DataMatch] = {}
 
     @cached_property
     def baseline(self) -> dict[str, Any]:
@@ -422,7 +424,22 @@ class Grader:
         return arr.astype(np.float64) if np.issubdtype(arr.dtype, np.number) else None
 
     def _match(self, job_dir: Path, fp: ArrayFingerprint) -> provenance.DataMatch:
-        return provenance.identify_any(fp, self._samples(job_dir, fp), list(self.canonicals.values()))
+        """How a recorded array relates to the canonical data; a pure function of the fingerprint and
+        the samples file's bytes as they are now, so a match computed earlier from the same inputs is reused."""
+        import hashlib
+
+        samples = self._samples(job_dir, fp)
+        key = (
+            json.dumps(to_jsonable(fp), sort_keys=True),
+            "" if samples is None else hashlib.sha256(samples.tobytes()).hexdigest() + repr(samples.shape),
+        )
+        match = self._matches.get(key)
+        if match is None:
+            match = provenance.identify_any(fp, samples, list(self.canonicals.values()))
+            if len(self._matches) >= MATCH_CACHE_SIZE:
+                self._matches.clear()
+            self._matches[key] = match
+        return match
 
     def _models(
         self,
@@ -594,6 +611,9 @@ class Grader:
                 runner.wait(min(1.0, max(0.0, runner.deadline - time.monotonic())))
         finally:
             stop.set()
+            # What is left of the helper's step and of the evaluator's work is what the grade waits for now.
+            sandbox.to_foreground([helper.native_id] if helper.native_id else [])
+            session.foreground()
             helper.join()
         return dict(early)
 
@@ -605,9 +625,9 @@ class Grader:
         fit of that model, while the evaluator is idle: at most ``EARLY_REQUESTS``, so a notebook
         refitting in a loop costs no more than that.
         """
-        if sys.platform == "linux":
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MEANWHILE_NICE)
+        # Nice rather than SCHED_IDLE: this thread shares the GIL with the one waiting for the runner,
+        # which must not be starved behind it; put back at normal priority when the notebook is done.
+        sandbox.to_background(threading.get_native_id(), "nice")
         warm_up = [lambda: self.canonicals, lambda: [c.neighbours for c in self.canonicals.values()], _import_reporting]
         for step in warm_up:
             if stop.is_set():
@@ -624,8 +644,15 @@ class Grader:
                 # One request per idle evaluator: the records are read again until none is left to send.
                 if size != seen_size and not self._send_latest(job_dir, session, early):
                     seen_size = size
+                    self._match_recorded(job_dir)
             except Exception:  # noqa: BLE001 - never let the head start cost a grade
                 continue
+
+    def _match_recorded(self, job_dir: Path) -> None:
+        """Match every array recorded so far (fits and evaluate calls): a head start for ``assemble``."""
+        fits, evals = self._read_records(job_dir / "artifacts")
+        for fp in [f.x for f in fits] + [e.x for e in evals]:
+            self._match(job_dir, fp)
 
     def _send_latest(self, job_dir: Path, session: evaluate.Session, early: dict[int, int]) -> bool:
         """Send the evaluator the first latest fit of a model not sent yet; False when there is none."""

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -37,6 +38,66 @@ SCRATCH_BYTES = 512 * 2**20
 # The only variables of the grading process a child (and the kernel) inherits: library and device
 # settings. Not TMPDIR: the sandbox has its own /tmp, and the grader's may be hidden there.
 PASSTHROUGH_ENV = ("LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+BACKGROUND_NICE = 10  # the CPU priority of background work where it cannot be raised again (see background_policy)
+
+
+@functools.cache
+def background_policy() -> str:
+    """How work that should only use CPU the kernels leave idle is scheduled on this machine.
+
+    ``"idle"`` (Linux ``SCHED_IDLE``: it runs only when nothing else wants the core) where this
+    process may also put a thread back to normal priority (root with ``CAP_SYS_NICE``, or a high
+    enough ``RLIMIT_NICE``), so that work can be put back in the foreground once the kernel is done;
+    otherwise ``"nice"`` (nice 10, for good: an unprivileged process cannot undo it), or ``"none"``
+    where neither exists (not Linux). Probed once, on a throwaway thread.
+    """
+    if sys.platform != "linux" or not hasattr(os, "SCHED_IDLE"):
+        return "nice" if hasattr(os, "setpriority") else "none"
+    outcome: list[str] = []
+
+    def attempt() -> None:
+        tid = threading.get_native_id()
+        try:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            outcome.append("idle")
+        except OSError:
+            outcome.append("nice")
+
+    probe_thread = threading.Thread(target=attempt, name="grader-priority-probe")
+    probe_thread.start()
+    probe_thread.join()
+    return outcome[0] if outcome else "nice"
+
+
+def to_background(tid: int, policy: str | None = None) -> None:
+    """Lower one thread (a native thread id; 0 is the calling thread) to background priority.
+
+    ``policy`` defaults to ``background_policy()``. Safe between fork and exec when given: a system
+    call, no import, no lock.
+    """
+    policy = policy or background_policy()
+    try:
+        if policy == "idle":
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        elif policy == "nice":
+            os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICE)
+    except OSError:
+        pass
+
+
+def to_foreground(tids: Iterable[int]) -> None:
+    """Put threads lowered by ``to_background`` back to normal priority, where the policy allows it."""
+    if background_policy() != "idle":
+        return
+    for tid in tids:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, tid, 0)
+        except OSError:  # gone, or not ours to change
+            pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,10 +249,11 @@ def _default_hidden(extra: Iterable[Path]) -> list[Path]:
 class Limits:
     """cgroup v1 memory and pids limits (and a CPU priority) for one child; a context manager that always cleans up."""
 
-    def __init__(self, memory_bytes: int = DEFAULT_MEMORY_LIMIT, pids: int = DEFAULT_PIDS_LIMIT, nice: int = 0) -> None:
+    def __init__(self, memory_bytes: int = DEFAULT_MEMORY_LIMIT, pids: int = DEFAULT_PIDS_LIMIT, background: bool = False) -> None:
         self.memory_bytes = memory_bytes
         self.pids = pids
-        self.nice = nice
+        self.background = background
+        self.policy = ""  # set by __enter__ for a background child
         self.name = f"job-{uuid.uuid4().hex[:12]}"
         self.groups: dict[str, Path] = {}
 
@@ -217,6 +279,10 @@ class Limits:
             group = CGROUP_V1 / "cpuacct" / CGROUP_PARENT / self.name
             group.mkdir()
             self.groups["cpuacct"] = group
+        if self.background:
+            # SCHED_IDLE only where the child's threads can be found again (a cgroup's task list) to undo it.
+            policy = background_policy()
+            self.policy = "nice" if policy == "idle" and not self.groups else policy
         return self
 
     def join(self) -> None:
@@ -231,8 +297,21 @@ class Limits:
         # RLIMIT_AS would break TensorFlow, which reserves large virtual ranges, so memory is a cgroup's job.
         resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if self.nice:
-            os.nice(self.nice)
+        if self.policy:
+            to_background(0, self.policy)  # every thread the child starts inherits it
+
+    def to_foreground(self) -> None:
+        """Put every thread in the groups back to normal priority (twice: a thread may have started one meanwhile)."""
+        if self.policy != "idle":
+            return
+        for _ in range(2):
+            tids: set[int] = set()
+            for group in self.groups.values():
+                try:
+                    tids |= {int(t) for t in (group / "tasks").read_text().split()}
+                except (OSError, ValueError):
+                    pass
+            to_foreground(tids)
 
     def oom_killed(self) -> bool:
         group = self.groups.get("memory")
@@ -312,9 +391,9 @@ class IsolatedRun:
         log_path: Path,
         memory_bytes: int = DEFAULT_MEMORY_LIMIT,
         pids: int = DEFAULT_PIDS_LIMIT,
-        nice: int = 0,
+        background: bool = False,
     ) -> None:
-        """``nice`` > 0 runs the child at a lower CPU priority than the grader (and than the kernels)."""
+        """``background`` runs the child at background priority (see ``background_policy``) until ``to_foreground()``."""
         self.started = time.monotonic()
         self.deadline = self.started + timeout
         self.memory_bytes = memory_bytes
@@ -323,7 +402,7 @@ class IsolatedRun:
         # what arrives here comes from the grader's own runner code, not from student code.
         self._seal_read, seal_write = os.pipe()
         env = {**runner_env(isolation.job_dir), "GRADER_SEAL_FD": str(seal_write)}
-        self._limits = Limits(memory_bytes, pids, nice)
+        self._limits = Limits(memory_bytes, pids, background)
         try:
             self._limits.__enter__()
             with open(log_path, "ab") as log:
@@ -347,6 +426,11 @@ class IsolatedRun:
 
     def running(self) -> bool:
         return self._outcome is None and self._proc.poll() is None
+
+    def to_foreground(self) -> None:
+        """Give a ``background`` child normal CPU priority from now on, where the machine allows it."""
+        if self._outcome is None:
+            self._limits.to_foreground()
 
     def wait(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for the child to exit; True when it has."""

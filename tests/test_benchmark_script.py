@@ -118,3 +118,38 @@ def test_each_batch_configuration_reports_its_workers_and_threads(bench: ModuleT
     assert threads["-n 2"] == {"workers": 2, "threads_per_kernel": 1}
     assert threads["-n auto"] == {"workers": 2, "threads_per_kernel": 1}
     assert threads["-n auto, threads cores"] == {"workers": 2, "threads_per_kernel": 2}
+    assert threads[bench.PLAIN_BATCH] == {"workers": 2, "threads_per_kernel": 2}
+
+
+def test_the_plain_batch_is_a_floor_with_no_speedup_against_the_grader(bench: ModuleType) -> None:
+    batch = {"-n 1": _run(bench, "-n 1", 100.0, 190.0), bench.PLAIN_BATCH: _run(bench, bench.PLAIN_BATCH, 60.0, 100.0)}
+    summary = bench.summarize({}, {}, batch, {"-n 1": 150.0, bench.PLAIN_BATCH: 96.0}, None, 2)
+    plain = summary["batch"][bench.PLAIN_BATCH]
+    assert plain["speedup_vs_n1"] is None
+    assert plain["wall_vs_kernel_cpu_per_core"] == pytest.approx(60 / 48)
+    assert bench.PLAIN_BATCH in bench.format_report(summary)
+
+
+def test_run_plain_executes_several_notebooks_at_a_time_each_with_its_timings(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    import nbformat
+
+    notebooks = []
+    for name in ("a", "b", "c"):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"print({name!r} * 2)")])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, str(tmp_path / f"{name}.ipynb"))
+        notebooks.append(str(tmp_path / f"{name}.ipynb"))
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run_plain.py"), "--parallel", "2", str(out), "60", *notebooks],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("a", "b", "c"):
+        executed = nbformat.read(str(out / f"{name}.executed.ipynb"), as_version=4)
+        assert executed.cells[0].outputs[0]["text"].strip() == name * 2
+        assert json.loads((out / f"{name}.timings.json").read_text())["kernel_cpu"] > 0
+        assert (out / f"home-{name}").is_dir()

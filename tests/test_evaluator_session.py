@@ -145,3 +145,29 @@ def test_artifact_digest_changes_with_the_bytes_and_is_empty_for_links(tmp_path:
     assert evaluate.artifact_digest(folder) != ""
     (folder / "variables" / "alias").symlink_to(folder / "variables" / "v.data")
     assert evaluate.artifact_digest(folder) == ""
+
+
+def test_a_match_made_while_the_notebook_ran_is_reused_only_for_the_same_samples(
+    grader: Grader, job_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from grader import grade, provenance
+    from grader.records import ArrayFingerprint
+
+    calls: list[int] = []
+    real = provenance.identify_any
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grade.provenance, "identify_any", counted)
+    samples = job_dir / "artifacts" / "samples" / "fit001_x.npy"
+    samples.parent.mkdir(parents=True)
+    np.save(samples, np.arange(12, dtype=np.float64).reshape(4, 3))
+    fp = ArrayFingerprint(kind="array", shape=[4, 3], dtype="float64", sha256="ab", sample_positions=[0, 1, 2],
+                          samples_file="samples/fit001_x.npy")
+    first = grader._match(job_dir, fp)
+    assert grader._match(job_dir, fp) is first and len(calls) == 1  # same fingerprint, same samples: reused
+    np.save(samples, np.arange(12, dtype=np.float64).reshape(4, 3) + 1.0)  # the kernel rewrote its samples
+    grader._match(job_dir, fp)
+    assert len(calls) == 2
