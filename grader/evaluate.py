@@ -327,8 +327,9 @@ def main(argv: list[str]) -> int:
 class Session:
     """One submission's evaluator process, started with its notebook and closed once every model is answered.
 
-    It starts at background priority (``sandbox.background_policy``): while the notebook runs it should
-    fill cores the kernel leaves idle, not slow the kernel down; ``foreground()`` lifts that.
+    Started with its notebook, it runs at background priority (``sandbox.background_policy``): while
+    the notebook runs it should fill cores the kernel leaves idle, not slow the kernel down;
+    ``foreground()`` lifts that. One started after the notebook (``background=False``) never has it.
     """
 
     def __init__(
@@ -340,6 +341,7 @@ class Session:
         hidden: tuple[Path, ...],
         memory_bytes: int,
         timeout: float,
+        background: bool = True,
     ) -> None:
         from grader import sandbox
 
@@ -356,7 +358,7 @@ class Session:
             timeout=timeout,
             log_path=eval_dir / "evaluator.log",
             memory_bytes=memory_bytes,
-            background=True,
+            background=background,
         )
         self.outcome: Outcome | None = None
 

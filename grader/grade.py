@@ -584,7 +584,7 @@ class Grader:
             "input": spec,
         }
 
-    def _evaluator(self, job_dir: Path, timeout: float, name: str = "eval") -> evaluate.Session:
+    def _evaluator(self, job_dir: Path, timeout: float, name: str = "eval", background: bool = True) -> evaluate.Session:
         (job_dir / "eval-inputs").mkdir(parents=True, exist_ok=True)
         return evaluate.Session(
             job_dir / name,
@@ -593,6 +593,7 @@ class Grader:
             hidden=self.hidden,
             memory_bytes=self.config.memory_limit or DEFAULT_MEMORY_LIMIT,
             timeout=timeout,
+            background=background,
         )
 
     def _while_running(self, runner: IsolatedRun, session: evaluate.Session, job_dir: Path) -> dict[int, int]:
@@ -710,7 +711,8 @@ class Grader:
         if missing and early:
             # The evaluator ended early (a model evaluated while the notebook ran may have crashed it):
             # one fresh evaluator, for the final requests only.
-            retry = self._evaluator(job_dir, timeout=EVALUATOR_TIMEOUT, name="eval-retry")
+            # The notebook is over: the grade waits for it, so it runs at normal priority.
+            retry = self._evaluator(job_dir, timeout=EVALUATOR_TIMEOUT, name="eval-retry", background=False)
             try:
                 return {**facts, **self._evaluate(job_dir, missing, timings, retry, {})}
             finally:

@@ -171,3 +171,28 @@ def test_a_match_made_while_the_notebook_ran_is_reused_only_for_the_same_samples
     np.save(samples, np.arange(12, dtype=np.float64).reshape(4, 3) + 1.0)  # the kernel rewrote its samples
     grader._match(job_dir, fp)
     assert len(calls) == 2
+
+
+def test_when_the_evaluator_died_during_the_notebook_a_fresh_one_answers_at_normal_priority(
+    grader: Grader, job_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_dense(job_dir / "artifacts" / "models" / "fit001.keras", 0.5)
+    entry = request(job_dir)
+    session = grader._evaluator(job_dir, timeout=300)
+    rid = session.submit(entry)
+    session.kill()  # gone before answering, as if the early request had crashed it
+    started: list[bool] = []
+    real = evaluate.Session
+
+    class Recorded(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            started.append(bool(kwargs.get("background", True)))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "Session", Recorded)
+    facts = grader._evaluate(job_dir, [(1, entry)], {}, session, {1: rid})
+
+    assert started == [False]  # one retry, not lowered: the notebook is over and the grade waits for it
+    assert facts[1].loaded and facts[1].near_zero
+    saved = json.loads((job_dir / "eval-retry" / "evaluation.json").read_text())
+    assert saved["reused_early"] == 0
