@@ -549,11 +549,12 @@ class Bench:
         for label, flags in BATCH_CONFIGS:
             if self.args.configs and label not in self.args.configs:
                 continue
-            grades = self.work / "batch" / f"grades{label.replace(' ', '').replace(',', '-')}"
+            slug = label.replace(" ", "").replace(",", "-")
+            grades = self.work / "batch" / f"grades{slug}"
             self.batch[label] = timed(
                 f"batch {label}",
                 grade_command(self.args, subs, grades, *flags),
-                log=self.work / "batch" / f"grader{label.replace(' ', '').replace(',', '-')}.log",
+                log=self.work / "batch" / f"grader{slug}.log",
                 env=grader_env(),
                 ok=(0, 1),
             )
@@ -738,14 +739,13 @@ def xdist_auto_workers() -> int:
 
 def threads_by_config(cores: int) -> dict[str, dict[str, int]]:
     """For each batch configuration: the pytest-xdist workers and the threads each kernel gets."""
-    from grader.plugin import threads_per_kernel
+    from grader.plugin import _threads
 
     out = {}
     for label, flags in BATCH_CONFIGS:
         n = flags[flags.index("-n") + 1]
         workers = xdist_auto_workers() if n == "auto" else int(n)
-        setting = flags[flags.index("--threads") + 1]
-        threads = threads_per_kernel(cores, workers) if setting == "auto" else cores if setting == "cores" else int(setting)
+        threads = _threads(flags[flags.index("--threads") + 1], workers, cores)  # as the grader reads --threads
         out[label] = {"workers": workers, "threads_per_kernel": threads}
     out[PLAIN_BATCH] = {"workers": cores, "threads_per_kernel": cores}
     return out

@@ -327,9 +327,9 @@ def main(argv: list[str]) -> int:
 class Session:
     """One submission's evaluator process, started with its notebook and closed once every model is answered.
 
-    Started with its notebook, it runs at background priority (``sandbox.background_policy``): while
-    the notebook runs it should fill cores the kernel leaves idle, not slow the kernel down;
-    ``foreground()`` lifts that. One started after the notebook (``background=False``) never has it.
+    One started with its notebook gets ``background=True`` (``sandbox.background_policy``): while the
+    notebook runs it should fill cores the kernel leaves idle, not slow the kernel down;
+    ``foreground()`` lifts that. One started after the notebook runs at normal priority.
     """
 
     def __init__(
@@ -341,7 +341,7 @@ class Session:
         hidden: tuple[Path, ...],
         memory_bytes: int,
         timeout: float,
-        background: bool = True,
+        background: bool = False,
     ) -> None:
         from grader import sandbox
 

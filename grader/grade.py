@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import threading
 import time
@@ -156,8 +157,6 @@ class Grader:
         The rubric, the baselines and the checks are not part of it: changing them regrades from the
         stored evidence without executing anything.
         """
-        import hashlib
-
         digest = hashlib.sha256()
         digest.update(notebook.read_bytes())
         for name in _EXECUTION_CODE:
@@ -206,7 +205,9 @@ class Grader:
                 # The evaluator starts with the notebook: its imports, and its work on the models the
                 # first cells train, overlap the cells that follow (grader/evaluate.py).
                 session = self._evaluator(
-                    job_dir, timeout=self.config.notebook_timeout + execute.RUNNER_GRACE + EVALUATOR_TIMEOUT
+                    job_dir,
+                    timeout=self.config.notebook_timeout + execute.RUNNER_GRACE + EVALUATOR_TIMEOUT,
+                    background=True,  # until the kernel is gone (_while_running)
                 )
                 try:
                     early = self._while_running(runner, session, job_dir)
@@ -426,12 +427,10 @@ class Grader:
     def _match(self, job_dir: Path, fp: ArrayFingerprint) -> provenance.DataMatch:
         """How a recorded array relates to the canonical data; a pure function of the fingerprint and
         the samples file's bytes as they are now, so a match computed earlier from the same inputs is reused."""
-        import hashlib
-
         samples = self._samples(job_dir, fp)
         key = (
             json.dumps(to_jsonable(fp), sort_keys=True),
-            "" if samples is None else hashlib.sha256(samples.tobytes()).hexdigest() + repr(samples.shape),
+            "" if samples is None else hashlib.sha256(np.ascontiguousarray(samples).data).hexdigest() + repr(samples.shape),
         )
         match = self._matches.get(key)
         if match is None:
@@ -584,7 +583,7 @@ class Grader:
             "input": spec,
         }
 
-    def _evaluator(self, job_dir: Path, timeout: float, name: str = "eval", background: bool = True) -> evaluate.Session:
+    def _evaluator(self, job_dir: Path, timeout: float, name: str = "eval", background: bool = False) -> evaluate.Session:
         (job_dir / "eval-inputs").mkdir(parents=True, exist_ok=True)
         return evaluate.Session(
             job_dir / name,
@@ -642,25 +641,24 @@ class Grader:
                 continue
             try:
                 size = records.stat().st_size if records.is_file() and not records.is_symlink() else -1
-                # One request per idle evaluator: the records are read again until none is left to send.
-                if size != seen_size and not self._send_latest(job_dir, session, early):
+                if size == seen_size:
+                    continue
+                try:
+                    fits, evals = self._read_records(job_dir / "artifacts")
+                except ValueError:  # too large: judged at the end
                     seen_size = size
-                    self._match_recorded(job_dir)
+                    continue
+                # One request per idle evaluator: the records are read again until none is left to send;
+                # then every recorded array is matched, a head start for ``assemble``.
+                if not self._send_latest(job_dir, session, early, fits):
+                    seen_size = size
+                    for fp in [f.x for f in fits] + [e.x for e in evals]:
+                        self._match(job_dir, fp)
             except Exception:  # noqa: BLE001 - never let the head start cost a grade
                 continue
 
-    def _match_recorded(self, job_dir: Path) -> None:
-        """Match every array recorded so far (fits and evaluate calls): a head start for ``assemble``."""
-        fits, evals = self._read_records(job_dir / "artifacts")
-        for fp in [f.x for f in fits] + [e.x for e in evals]:
-            self._match(job_dir, fp)
-
-    def _send_latest(self, job_dir: Path, session: evaluate.Session, early: dict[int, int]) -> bool:
+    def _send_latest(self, job_dir: Path, session: evaluate.Session, early: dict[int, int], fits: list[FitRecord]) -> bool:
         """Send the evaluator the first latest fit of a model not sent yet; False when there is none."""
-        try:
-            fits, _ = self._read_records(job_dir / "artifacts")
-        except ValueError:
-            return False
         latest = {fit.model_key: fit for fit in fits}
         for fit in sorted(latest.values(), key=lambda f: f.index):
             if fit.index in early:
@@ -712,7 +710,7 @@ class Grader:
             # The evaluator ended early (a model evaluated while the notebook ran may have crashed it):
             # one fresh evaluator, for the final requests only.
             # The notebook is over: the grade waits for it, so it runs at normal priority.
-            retry = self._evaluator(job_dir, timeout=EVALUATOR_TIMEOUT, name="eval-retry", background=False)
+            retry = self._evaluator(job_dir, timeout=EVALUATOR_TIMEOUT, name="eval-retry")
             try:
                 return {**facts, **self._evaluate(job_dir, missing, timings, retry, {})}
             finally:

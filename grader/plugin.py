@@ -139,15 +139,16 @@ def _workers(config: pytest.Config) -> int:
     return 1
 
 
-def _threads(text: str, workers: int) -> int:
-    """Threads per kernel. The default, ``cores``, does not depend on ``-n``: TensorFlow's CPU kernels
+def _threads(text: str, workers: int, cores: int | None = None) -> int:
+    """Threads per kernel for a ``--threads`` value, ``workers`` kernels at once on ``cores`` (default:
+    this machine's). The default, ``cores``, does not depend on ``-n``: TensorFlow's CPU kernels
     sum in a thread-dependent order, so a kernel with another thread count can land a borderline
     metric on the other side of a bound, and a grade must not depend on how many notebooks ran at once.
     """
     if text.strip().lower() == "cores":
-        return available_cores()
+        return cores or available_cores()
     if text.strip().lower() == "auto":
-        return threads_per_kernel(available_cores(), workers)
+        return threads_per_kernel(cores or available_cores(), workers)
     try:
         threads = int(text)
     except ValueError:

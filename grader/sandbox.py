@@ -72,13 +72,10 @@ def background_policy() -> str:
     return outcome[0] if outcome else "nice"
 
 
-def to_background(tid: int, policy: str | None = None) -> None:
-    """Lower one thread (a native thread id; 0 is the calling thread) to background priority.
-
-    ``policy`` defaults to ``background_policy()``. Safe between fork and exec when given: a system
-    call, no import, no lock.
+def to_background(tid: int, policy: str) -> None:
+    """Lower one thread (a native thread id; 0 is the calling thread) by ``policy`` (``"idle"`` or
+    ``"nice"``, see ``background_policy``). Safe between fork and exec: a system call, no import, no lock.
     """
-    policy = policy or background_policy()
     try:
         if policy == "idle":
             os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))

@@ -57,7 +57,7 @@ def request(job_dir: Path, name: str = "fit001.keras") -> dict[str, Any]:
 
 def answer_early(grader: Grader, job_dir: Path, entry: dict[str, Any]) -> tuple[Any, int]:
     """Start the evaluator as ``collect`` does and have ``entry`` answered before the final round."""
-    session = grader._evaluator(job_dir, timeout=300)
+    session = grader._evaluator(job_dir, timeout=300, background=True)
     rid = session.submit(entry)
     assert session.wait_answer(rid, time.monotonic() + 240) is not None, (job_dir / "eval" / "evaluator.log").read_text()
     return session, rid
@@ -178,7 +178,7 @@ def test_when_the_evaluator_died_during_the_notebook_a_fresh_one_answers_at_norm
 ) -> None:
     save_dense(job_dir / "artifacts" / "models" / "fit001.keras", 0.5)
     entry = request(job_dir)
-    session = grader._evaluator(job_dir, timeout=300)
+    session = grader._evaluator(job_dir, timeout=300, background=True)
     rid = session.submit(entry)
     session.kill()  # gone before answering, as if the early request had crashed it
     started: list[bool] = []
