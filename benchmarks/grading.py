@@ -14,7 +14,9 @@ tree come from ``getrusage(RUSAGE_CHILDREN)`` around it. Measured:
    into a fresh grades dir;
 3. the ``-n 1`` batch regraded with a copy of the rubric whose points were edited (``--rubric``),
    against grading it from scratch (2.'s ``-n 1`` run);
-4. each batch's wall time against the sum of its kernels' CPU time divided by the cores.
+4. each batch's wall time against the sum of its kernels' CPU time divided by the cores;
+5. with ``--full-data-dir``: part 1 again on the ``full`` profile (the real CIFAR-10), where the
+   students' training is 10 times longer and the grader's fixed costs weigh less.
 
 It prints a table and writes the numbers, the machine, the versions, the command and the date to
 ``benchmarks/results/grading-<profile>.json`` (``--out``). See BENCHMARKS.md.
@@ -64,6 +66,25 @@ BATCH_CONFIGS: tuple[tuple[str, tuple[str, ...]], ...] = (
 PLAIN_BATCH = "plain nbclient, cores at a time"
 ASSIGNMENT = "l1l2"
 STUDENT = "student01"
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """One dataset profile as every side gets it."""
+
+    profile: str
+    source: Path | None  # CIFAR-10 as given (pytest grader/ --data-dir), None for the shipped subsets
+    cache: Path  # the grader's --data-cache, prepared before any timed run
+    served: Path  # the files served to kernels (grader.datasets.DatasetStore.materialize)
+
+
+@dataclasses.dataclass
+class Single:
+    """Part 1 on one profile: each side's median round, its phases, and every round."""
+
+    runs: dict[str, Run] = dataclasses.field(default_factory=dict)
+    phases: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    rounds: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +195,7 @@ def _s(value: float | None) -> str:
 def format_report(summary: dict[str, Any]) -> str:
     lines: list[str] = []
     if summary["single"]:
-        lines += ["one notebook", f"  {'side':<22} {'wall':>9} {'cpu':>9} {'wall/plain':>11} {'cpu/plain':>10}"]
+        lines += ["one notebook", f"  {'side':<32} {'wall':>9} {'cpu':>9} {'wall/plain':>11} {'cpu/plain':>10}"]
         for label, row in summary["single"].items():
             lines.append(
                 f"  {label:<32} {_s(row['wall']):>9} {_s(row['cpu']):>9} {_x(row['wall_vs_plain']):>11} {_x(row['cpu_vs_plain']):>10}"
@@ -278,16 +299,16 @@ def plain_env(home: Path, bin_dir: Path, threads: int) -> dict[str, str]:
     return env
 
 
-def grade_command(args: argparse.Namespace, submissions: Path, grades: Path, *extra: str) -> list[str]:
+def grade_command(data: Data, cell_timeout: float, submissions: Path, grades: Path, *extra: str) -> list[str]:
     """``pytest grader/`` as an instructor runs it, on a folder of notebooks, into a grades dir.
 
     Its data cache is the work dir's, prepared before any timed run (as the data served to plain
     nbclient and nbgrader is): an instructor's runs after the first find it ready too.
     """
     cmd = [PYTHON, "-m", "pytest", "grader/", "--submissions", str(submissions), "--grades-dir", str(grades)]
-    cmd += ["--profile", args.profile, "--cell-timeout", f"{args.cell_timeout:g}", "--data-cache", str(args.data_cache)]
-    if args.data_dir is not None:
-        cmd += ["--data-dir", str(args.data_dir)]
+    cmd += ["--profile", data.profile, "--cell-timeout", f"{cell_timeout:g}", "--data-cache", str(data.cache)]
+    if data.source is not None:
+        cmd += ["--data-dir", str(data.source)]
     return cmd + ["-q", *extra]
 
 
@@ -391,16 +412,15 @@ def with_sandboxed_cpu(run: Run, results: dict[str, SubmissionResult]) -> Run:
 class Bench:
     args: argparse.Namespace
     work: Path
-    data_dir: Path  # the files served to kernels (grader.datasets.DatasetStore.materialize)
+    data: Data  # --profile's data, for parts 1 to 4
     cores: int
     threads: int  # what the grader's kernels get when it grades one notebook at a time
-    single: dict[str, Run] = dataclasses.field(default_factory=dict)
-    single_phases: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    single: Single = dataclasses.field(default_factory=Single)
+    full: Single | None = None  # part 5
     batch: dict[str, Run] = dataclasses.field(default_factory=dict)
     batch_kernel_cpu: dict[str, float] = dataclasses.field(default_factory=dict)
     regrade: Run | None = None
     metric_spread: dict[str, Any] | None = None  # recomputed metrics: how far the batch configurations differ
-    single_rounds: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # part 1, every round's runs
     notes: list[str] = dataclasses.field(default_factory=list)
 
     def note(self, text: str) -> None:
@@ -409,37 +429,38 @@ class Bench:
 
     # -- 1. one notebook -------------------------------------------------------------------------
 
-    def run_single(self) -> None:
-        """Part 1, ``--repeat`` rounds; each round runs every side once, starting with a different side.
+    def run_single(self, data: Data, repeat: int, work: Path) -> Single:
+        """Part 1 (and 5) on ``data``, ``repeat`` rounds; each round runs every side once, starting with a different side.
 
         The sides of one round run one after another on the same machine, so the ratios of a round
         compare like with like; over several rounds, the side each reported figure comes from is its
-        median round (``single_rounds`` keeps every round).
+        median round (``Single.rounds`` keeps every round).
         """
         notebook: Path = self.args.notebook
         key = notebook.stem
-        prepared = baseline_notebook(notebook, self.data_dir)
+        prepared = baseline_notebook(notebook, data.served)
         sides = ["plain nbclient", *([] if self.args.no_nbgrader else ["nbgrader autograde"]), "pytest grader/"]
         rounds: list[dict[str, tuple[Run, dict[str, float]]]] = []
-        for r in range(self.args.repeat):
-            work = self.work / "single" if self.args.repeat == 1 else self.work / "single" / f"round{r + 1}"
-            work.mkdir(parents=True, exist_ok=True)
+        for r in range(repeat):
+            where = work if repeat == 1 else work / f"round{r + 1}"
+            where.mkdir(parents=True, exist_ok=True)
             measured: dict[str, tuple[Run, dict[str, float]]] = {}
             for label in sides[r % len(sides):] + sides[: r % len(sides)]:
                 if label == "plain nbclient":
-                    measured[label] = self._plain(prepared, key, work)
+                    measured[label] = self._plain(prepared, key, where)
                 elif label == "nbgrader autograde":
-                    measured[label] = self._nbgrader(prepared, key, work)
+                    measured[label] = self._nbgrader(prepared, key, where)
                 else:
-                    measured[label] = self._grader(notebook, key, work)
+                    measured[label] = self._grader(data, notebook, key, where)
             rounds.append(measured)
+        out = Single(rounds=[{label: dataclasses.asdict(rnd[label][0]) for label in sides} for rnd in rounds])
         for label in sides:
             ordered = sorted(rounds, key=lambda rnd: rnd[label][0].wall)
             run, phases = ordered[(len(ordered) - 1) // 2][label]
-            self.single[label] = run
+            out.runs[label] = run
             if phases:
-                self.single_phases[label] = phases
-        self.single_rounds = [{label: dataclasses.asdict(rnd[label][0]) for label in sides} for rnd in rounds]
+                out.phases[label] = phases
+        return out
 
     def _plain(self, prepared: Any, key: str, work: Path) -> tuple[Run, dict[str, float]]:
         import nbformat
@@ -458,14 +479,14 @@ class Bench:
             self.note(f"plain nbclient: {problem}")
         return run, json.loads((plain_dir / "timings.json").read_text())
 
-    def _grader(self, notebook: Path, key: str, work: Path) -> tuple[Run, dict[str, float]]:
+    def _grader(self, data: Data, notebook: Path, key: str, work: Path) -> tuple[Run, dict[str, float]]:
         subs = work / "submissions"
         subs.mkdir()
         shutil.copyfile(notebook, subs / notebook.name)
         grades = work / "grades"
         run = timed(
             "pytest grader/",
-            grade_command(self.args, subs, grades),
+            grade_command(data, self.args.cell_timeout, subs, grades),
             log=work / "grader.log",
             env=grader_env(),
             ok=(0, 1),  # 1: a check failed, which is a grade, not a benchmark failure
@@ -553,7 +574,7 @@ class Bench:
             grades = self.work / "batch" / f"grades{slug}"
             self.batch[label] = timed(
                 f"batch {label}",
-                grade_command(self.args, subs, grades, *flags),
+                grade_command(self.data, self.args.cell_timeout, subs, grades, *flags),
                 log=self.work / "batch" / f"grader{slug}.log",
                 env=grader_env(),
                 ok=(0, 1),
@@ -594,7 +615,7 @@ class Bench:
         prepared.mkdir(parents=True)
         notebooks = []
         for notebook in sorted(subs.glob("*.ipynb")):
-            nbformat.write(baseline_notebook(notebook, self.data_dir), str(prepared / notebook.name))
+            nbformat.write(baseline_notebook(notebook, self.data.served), str(prepared / notebook.name))
             notebooks.append(str(prepared / notebook.name))
         self.batch[PLAIN_BATCH] = timed(
             f"batch {PLAIN_BATCH}",
@@ -619,7 +640,7 @@ class Bench:
         evidence = {p: p.stat().st_mtime_ns for p in grades.glob(".jobs/*/evidence.json")}
         self.regrade = timed(
             "regrade -n 1 (rubric points edited)",
-            grade_command(self.args, subs, grades, "-n", "1", "--threads", "auto", "--rubric", str(rubric)),
+            grade_command(self.data, self.args.cell_timeout, subs, grades, "-n", "1", "--threads", "auto", "--rubric", str(rubric)),
             log=self.work / "batch" / "regrade.log",
             env=grader_env(),
             ok=(0, 1),
@@ -768,6 +789,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="rounds of part 1; each side's median round is reported (default 1)")
     parser.add_argument("--parts", default="single,batch", help="comma-separated: single (1.), batch (2.-4.); default both")
     parser.add_argument("--no-nbgrader", action="store_true", help="leave nbgrader out of part 1")
+    parser.add_argument(
+        "--full-data-dir", type=Path, default=None,
+        help="also run part 1 on the full profile, with CIFAR-10 from this folder (as pytest grader/ --data-dir)",
+    )
+    parser.add_argument("--full-repeat", type=int, default=1, help="rounds of part 1 on the full profile (default 1)")
     parser.add_argument("--cell-timeout", type=float, default=600.0, help="cell timeout of every side (seconds)")
     parser.add_argument("--expect", default="Test accuracy", help="text a correctly executed notebook prints")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep everything here (default: a temporary folder, removed)")
@@ -778,8 +804,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--parts: expected single and/or batch")
     if args.batch < 1:
         parser.error("--batch: at least 1")
-    if args.repeat < 1:
-        parser.error("--repeat: at least 1")
+    if args.repeat < 1 or args.full_repeat < 1:
+        parser.error("--repeat, --full-repeat: at least 1")
     args.configs = {c.strip() for c in args.configs.split(";") if c.strip()}
     labels = [label for label, _ in BATCH_CONFIGS] + [PLAIN_BATCH]
     if not args.configs <= set(labels):
@@ -787,6 +813,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.notebook = args.notebook.resolve()
     if args.data_dir is not None:
         args.data_dir = args.data_dir.resolve()
+    if args.full_data_dir is not None:
+        args.full_data_dir = args.full_data_dir.resolve()
     return args
 
 
@@ -795,7 +823,8 @@ def main(argv: list[str] | None = None) -> int:
     from grader.datasets import DatasetStore
     from grader.plugin import available_cores, threads_per_kernel
 
-    if "single" in args.parts and not args.no_nbgrader:
+    runs_single = "single" in args.parts or args.full_data_dir is not None
+    if runs_single and not args.no_nbgrader:
         setup = subprocess.run([str(ROOT / "benchmarks" / "setup-nbgrader")], check=False)
         if setup.returncode != 0:
             raise SystemExit("[bench] benchmarks/setup-nbgrader failed (or pass --no-nbgrader)")
@@ -805,17 +834,25 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="grading-bench-")) if temporary else args.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     print(f"[bench] work dir {work}; {where['cores']} cores; load average {where['load_average_at_start']}", flush=True)
-    args.data_cache = work / "data"
-    data_dir = DatasetStore(args.profile, cache_dir=args.data_cache, data_dir=args.data_dir).materialize()
+
+    def prepared(profile: str, source: Path | None) -> Data:
+        cache = work / "data"
+        return Data(profile, source, cache, DatasetStore(profile, cache_dir=cache, data_dir=source).materialize())
+
+    data = prepared(args.profile, args.data_dir)
+    full = prepared("full", args.full_data_dir) if args.full_data_dir is not None else None
     cores = available_cores()
-    bench = Bench(args, work, data_dir, cores, threads_per_kernel(cores, 1))
-    warm_up(args.no_nbgrader or "single" not in args.parts)
+    bench = Bench(args, work, data, cores, threads_per_kernel(cores, 1))
+    warm_up(args.no_nbgrader or not runs_single)
     if "single" in args.parts:
-        bench.run_single()
+        bench.single = bench.run_single(data, args.repeat, work / "single")
     if "batch" in args.parts:
         bench.run_batch()
+    if full is not None:
+        bench.full = bench.run_single(full, args.full_repeat, work / "single-full")
     threads = threads_by_config(cores) if "batch" in args.parts else None
-    summary = summarize(bench.single, bench.single_phases, bench.batch, bench.batch_kernel_cpu, bench.regrade, cores, threads)
+    summary = summarize(bench.single.runs, bench.single.phases, bench.batch, bench.batch_kernel_cpu, bench.regrade, cores, threads)
+    full_summary = summarize(bench.full.runs, bench.full.phases, {}, {}, None, cores) if bench.full else None
     if temporary and not bench.notes:
         shutil.rmtree(work, ignore_errors=True)  # kept (with every log) when something needs a look
     report = format_report(summary)
@@ -825,8 +862,12 @@ def main(argv: list[str] | None = None) -> int:
             f"\nrecomputed metrics across the batch configurations: {spread['compared']} compared, "
             + (f"largest difference {spread['max_abs_difference']:.4g} ({spread['where']})" if spread["where"] else "all identical")
         )
-    if len(bench.single_rounds) > 1:
-        report += "\n" + format_rounds(bench.single_rounds)
+    if len(bench.single.rounds) > 1:
+        report += "\n" + format_rounds(bench.single.rounds)
+    if bench.full is not None and full_summary is not None:
+        report += f"\n\nprofile full ({args.full_data_dir})\n" + format_report(full_summary)
+        if len(bench.full.rounds) > 1:
+            report += "\n" + format_rounds(bench.full.rounds)
     print("\n" + report)
     for note in bench.notes:
         print(f"NOTE: {note}")
@@ -841,10 +882,16 @@ def main(argv: list[str] | None = None) -> int:
         "profile": args.profile,
         "notebook": str(args.notebook.relative_to(ROOT)) if args.notebook.is_relative_to(ROOT) else str(args.notebook),
         "batch_size": args.batch if "batch" in args.parts else None,
-        "runs": [dataclasses.asdict(r) | {"log": Path(r.log).name} for r in [*bench.single.values(), *bench.batch.values(), *([bench.regrade] if bench.regrade else [])]],
+        "runs": [dataclasses.asdict(r) | {"log": Path(r.log).name} for r in [*bench.single.runs.values(), *bench.batch.values(), *([bench.regrade] if bench.regrade else [])]],
         "summary": summary,
         "metric_spread": bench.metric_spread,
-        "single_rounds": bench.single_rounds,
+        "single_rounds": bench.single.rounds,
+        "full": None if bench.full is None else {
+            "data_dir": str(args.full_data_dir),
+            "runs": [dataclasses.asdict(r) | {"log": Path(r.log).name} for r in bench.full.runs.values()],
+            "summary": full_summary,
+            "single_rounds": bench.full.rounds,
+        },
         "notes": bench.notes,
         "report": report,
     }

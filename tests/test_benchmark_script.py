@@ -130,6 +130,27 @@ def test_the_plain_batch_is_a_floor_with_no_speedup_against_the_grader(bench: Mo
     assert bench.PLAIN_BATCH in bench.format_report(summary)
 
 
+def test_each_profile_is_graded_with_its_own_data_and_cache(bench: ModuleType, tmp_path: Path) -> None:
+    smoke = bench.Data("smoke", None, tmp_path / "cache", tmp_path / "served-smoke")
+    full = bench.Data("full", tmp_path / "cifar", tmp_path / "cache", tmp_path / "served-full")
+    smoke_cmd = bench.grade_command(smoke, 600.0, tmp_path / "subs", tmp_path / "grades", "-n", "2")
+    full_cmd = bench.grade_command(full, 900.0, tmp_path / "subs", tmp_path / "grades")
+    assert smoke_cmd[smoke_cmd.index("--profile") + 1] == "smoke" and "--data-dir" not in smoke_cmd
+    assert smoke_cmd[-2:] == ["-n", "2"]
+    assert full_cmd[full_cmd.index("--profile") + 1] == "full"
+    assert full_cmd[full_cmd.index("--data-dir") + 1] == str(tmp_path / "cifar")
+    assert full_cmd[full_cmd.index("--cell-timeout") + 1] == "900"
+    assert full_cmd[full_cmd.index("--data-cache") + 1] == str(tmp_path / "cache")
+
+
+def test_the_full_profile_is_asked_for_with_its_data_and_rounds(bench: ModuleType, tmp_path: Path) -> None:
+    args = bench.parse_args(["--parts", "single", "--full-data-dir", str(tmp_path), "--full-repeat", "2"])
+    assert args.full_data_dir == tmp_path.resolve() and args.full_repeat == 2
+    assert bench.parse_args([]).full_data_dir is None
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--full-repeat", "0"])
+
+
 def test_run_plain_executes_several_notebooks_at_a_time_each_with_its_timings(tmp_path: Path) -> None:
     import json
     import subprocess
