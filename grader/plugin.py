@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +196,16 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     from grader import sandbox
 
     return sandbox.describe()
+
+
+@pytest.hookimpl(wrapper=True, specname="pytest_report_header")
+def pytest_report_header_without_benchmark(config: pytest.Config) -> Generator[None, list[str | list[str]], list[str | list[str]]]:
+    """Leave out pytest-benchmark's line of timer settings when benchmarks are off (grading, the tests)."""
+    lines = yield
+    # pytest-benchmark's own rule: --benchmark-disable (in pyproject's addopts) unless --benchmark-enable.
+    if not (config.getoption("benchmark_disable", default=False) and not config.getoption("benchmark_enable", default=False)):
+        return lines
+    return [entry for entry in lines if not (isinstance(entry, str) and entry.startswith("benchmark:"))]
 
 
 def submissions_of(config: pytest.Config) -> list[Submission]:
