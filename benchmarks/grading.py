@@ -760,13 +760,13 @@ def xdist_auto_workers() -> int:
 
 def threads_by_config(cores: int) -> dict[str, dict[str, int]]:
     """For each batch configuration: the pytest-xdist workers and the threads each kernel gets."""
-    from grader.plugin import _threads
+    from grader.plugin import threads_setting
 
     out = {}
     for label, flags in BATCH_CONFIGS:
         n = flags[flags.index("-n") + 1]
         workers = xdist_auto_workers() if n == "auto" else int(n)
-        threads = _threads(flags[flags.index("--threads") + 1], workers, cores)  # as the grader reads --threads
+        threads = threads_setting(flags[flags.index("--threads") + 1], workers, cores)  # as the grader reads --threads
         out[label] = {"workers": workers, "threads_per_kernel": threads}
     out[PLAIN_BATCH] = {"workers": cores, "threads_per_kernel": cores}
     return out

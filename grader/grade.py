@@ -163,7 +163,7 @@ class Grader:
             digest.update((Path(__file__).parent / name).read_bytes())
         settings = (
             self.config.profile, self.config.seed, self.config.cell_timeout, self.config.notebook_timeout,
-            self.config.threads,  # the thread count moves metrics in their last digits (plugin._threads)
+            self.config.threads,  # the thread count moves metrics in their last digits (plugin.threads_setting)
         )
         digest.update(repr((__version__, settings, self.store.fingerprint)).encode())
         return digest.hexdigest()

@@ -94,7 +94,7 @@ def grading_config(config: pytest.Config) -> GradingConfig:
             memory_limit=_bytes(_setting(config, "--memory-limit")),
             hidden=(_submissions_dir(config),),
             rubric_path=(root / rubric).resolve() if rubric else checks.RUBRIC_PATH,
-            threads=_threads(_setting(config, "--threads"), _workers(config)),
+            threads=threads_setting(_setting(config, "--threads"), _workers(config)),
             # One notebook at a time: its page's figures may use every core (under xdist, the other
             # workers' kernels are using them).
             draw_processes=available_cores() if _workers(config) == 1 else 1,
@@ -139,7 +139,7 @@ def _workers(config: pytest.Config) -> int:
     return 1
 
 
-def _threads(text: str, workers: int, cores: int | None = None) -> int:
+def threads_setting(text: str, workers: int, cores: int | None = None) -> int:
     """Threads per kernel for a ``--threads`` value, ``workers`` kernels at once on ``cores`` (default:
     this machine's). The default, ``cores``, does not depend on ``-n``: TensorFlow's CPU kernels
     sum in a thread-dependent order, so a kernel with another thread count can land a borderline
@@ -154,7 +154,7 @@ def _threads(text: str, workers: int, cores: int | None = None) -> int:
     except ValueError:
         threads = 0
     if threads < 1:
-        raise pytest.UsageError(f"option --threads: expected auto or a positive number, got {text!r}")
+        raise pytest.UsageError(f"option --threads: expected cores, auto or a positive number, got {text!r}")
     return threads
 
 

@@ -22,16 +22,16 @@ def test_each_kernel_gets_its_share_of_the_cores(cores: int, workers: int, threa
 def test_auto_divides_the_available_cores_by_the_workers() -> None:
     cores = plugin.available_cores()
     assert cores >= 1
-    assert plugin._threads("cores", 1) == plugin._threads("cores", 2) == cores
-    assert plugin._threads("auto", 1) == cores
-    assert plugin._threads(" AUTO ", 2) == max(1, cores // 2)
-    assert plugin._threads("3", 2) == 3
+    assert plugin.threads_setting("cores", 1) == plugin.threads_setting("cores", 2) == cores
+    assert plugin.threads_setting("auto", 1) == cores
+    assert plugin.threads_setting(" AUTO ", 2) == max(1, cores // 2)
+    assert plugin.threads_setting("3", 2) == 3
 
 
 @pytest.mark.parametrize("text", ["0", "-1", "two", ""])
 def test_a_bad_thread_count_is_a_usage_error(text: str) -> None:
-    with pytest.raises(pytest.UsageError, match="--threads"):
-        plugin._threads(text, 1)
+    with pytest.raises(pytest.UsageError, match="--threads: expected cores, auto or a positive number"):
+        plugin.threads_setting(text, 1)
 
 
 def test_the_kernel_gets_the_thread_count_in_every_library_variable(tmp_path: Path) -> None:
