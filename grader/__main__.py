@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         grader = Grader(config)
-    except (ValueError, FileNotFoundError) as exc:
+        _ = grader.bounds  # a baseline that does not fit this data stops here, before the notebook runs
+    except (ValueError, FileNotFoundError, KeyError) as exc:
         raise UsageError(str(exc)) from None
 
     print(

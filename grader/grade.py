@@ -81,6 +81,14 @@ class GradingConfig:
         return self.cache_dir or (self.grades_dir / ".cache")
 
 
+def _describe_sources(sources: dict[str, Any]) -> str:
+    cifar = sources.get("cifar10") or {}
+    return (
+        f"CIFAR-10 {cifar.get('kind', '?')} with sha256 {str(cifar.get('sha256', '?'))[:12]}..., "
+        f"Boston Housing with sha256 {str(sources.get('boston_csv_sha256', '?'))[:12]}..."
+    )
+
+
 class Grader:
     """Holds what is shared by every submission of a run: datasets, canonical data, rubric, bounds."""
 
@@ -100,7 +108,18 @@ class Grader:
                 f"no reference baseline for profile {self.config.profile!r} at {path}; "
                 f"create it with `python -m reference baseline --profile {self.config.profile}`"
             )
-        return json.loads(path.read_text())
+        baseline: dict[str, Any] = json.loads(path.read_text())
+        measured_on = baseline.get("data")
+        if measured_on is not None and measured_on != self.store.sources:
+            raise ValueError(
+                f"the reference baseline {path} was measured on other data than this run serves "
+                f"({_describe_sources(measured_on)}; this run: {_describe_sources(self.store.sources)}), "
+                "and its tolerances only hold for the data they were measured on. Create a baseline for "
+                f"this data with `python -m reference baseline --profile {self.config.profile}"
+                + (" --data-dir DIR`" if self.config.data_dir else "`")
+                + ", or grade with the data it names."
+            )
+        return baseline
 
     @cached_property
     def bounds(self) -> checks.Bounds:

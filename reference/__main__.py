@@ -103,6 +103,8 @@ def baseline(profile: str, seeds: list[int], data_dir: Path | None, work: Path) 
     return {
         "profile": profile,
         "seeds": seeds,
+        # The grader applies these tolerances only to the data they were measured on (Grader.baseline).
+        "data": Grader(GradingConfig(grades_dir=work, profile=profile, data_dir=data_dir)).store.sources,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": versions(),
         "machine": machine(),
