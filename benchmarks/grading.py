@@ -818,6 +818,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def runs_record(runs: list[Run]) -> list[dict[str, Any]]:
+    """The runs as the record keeps them: every field, the log by its file name."""
+    return [dataclasses.asdict(r) | {"log": Path(r.log).name} for r in runs]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from grader.datasets import DatasetStore
@@ -882,13 +887,13 @@ def main(argv: list[str] | None = None) -> int:
         "profile": args.profile,
         "notebook": str(args.notebook.relative_to(ROOT)) if args.notebook.is_relative_to(ROOT) else str(args.notebook),
         "batch_size": args.batch if "batch" in args.parts else None,
-        "runs": [dataclasses.asdict(r) | {"log": Path(r.log).name} for r in [*bench.single.runs.values(), *bench.batch.values(), *([bench.regrade] if bench.regrade else [])]],
+        "runs": runs_record([*bench.single.runs.values(), *bench.batch.values(), *([bench.regrade] if bench.regrade else [])]),
         "summary": summary,
         "metric_spread": bench.metric_spread,
         "single_rounds": bench.single.rounds,
         "full": None if bench.full is None else {
             "data_dir": str(args.full_data_dir),
-            "runs": [dataclasses.asdict(r) | {"log": Path(r.log).name} for r in bench.full.runs.values()],
+            "runs": runs_record(list(bench.full.runs.values())),
             "summary": full_summary,
             "single_rounds": bench.full.rounds,
         },
