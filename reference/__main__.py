@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from grader import checks
+from grader.datasets import DatasetStore
 from grader.grade import Grader, GradingConfig
 from grader.records import Evidence, write_json_atomic
 
@@ -104,7 +105,7 @@ def baseline(profile: str, seeds: list[int], data_dir: Path | None, work: Path) 
         "profile": profile,
         "seeds": seeds,
         # The grader applies these tolerances only to the data they were measured on (Grader.baseline).
-        "data": Grader(GradingConfig(grades_dir=work, profile=profile, data_dir=data_dir)).store.sources,
+        "data": DatasetStore(profile, work / ".cache", data_dir).sources,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": versions(),
         "machine": machine(),
