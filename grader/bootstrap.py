@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 SAMPLE_WIDTH = 32
+HASH_THREAD_BYTES = 1 << 20  # arrays from this size on are hashed by a second thread
 SERVED_URLS = {
     "lib.stat.cmu.edu/datasets/boston": "boston.txt",
 }
@@ -32,6 +33,76 @@ def sample_positions(width: int) -> list[int]:
         return list(range(width))
     rng = np.random.default_rng(width)
     return sorted(int(i) for i in rng.choice(width, SAMPLE_WIDTH, replace=False))
+
+
+def channel_stats(cols: Any, block_values: int = 1 << 16) -> list[dict[str, float]]:
+    """Mean, standard deviation, minimum and maximum of every column of a 2-D numeric array, in float64.
+
+    One pass over the array in blocks of about ``block_values`` values, each copied into one reused
+    float64 buffer laid out so that every reduction runs along contiguous memory (columns first when
+    there are few of them, as for the 3 channels of images). Blocks are combined with Chan et al.'s
+    pairwise update of the mean and the sum of squared deviations, which keeps the precision of a
+    two-pass computation. Converting each strided column to float64 and reducing it four times took
+    about three times as long for 50,000 CIFAR-10 images, with a column-sized copy each time.
+    """
+    import numpy as np
+
+    n_rows, n_cols = cols.shape
+    rows_per_block = max(1, min(n_rows, block_values // max(n_cols, 1)))
+    by_column = n_cols < 64
+    axis = 1 if by_column else 0
+    buffer = np.empty((n_cols, rows_per_block) if by_column else (rows_per_block, n_cols))
+    count = 0
+    mean = np.zeros(n_cols)
+    m2 = np.zeros(n_cols)
+    low = np.full(n_cols, np.inf)
+    high = np.full(n_cols, -np.inf)
+    for start in range(0, n_rows, rows_per_block):
+        part = cols[start : start + rows_per_block]
+        size = part.shape[0]
+        block = buffer[:, :size] if by_column else buffer[:size]
+        np.copyto(block, part.T if by_column else part, casting="unsafe")
+        low = np.minimum(low, block.min(axis=axis))
+        high = np.maximum(high, block.max(axis=axis))
+        block_mean = block.mean(axis=axis)
+        block -= np.expand_dims(block_mean, axis)
+        np.square(block, out=block)
+        delta = block_mean - mean
+        total = count + size
+        mean = mean + delta * (size / total)
+        m2 = m2 + block.sum(axis=axis) + delta**2 * (count * size / total)
+        count = total
+    std = np.sqrt(np.maximum(m2, 0.0) / count)
+    return [
+        {"mean": float(mean[j]), "std": float(std[j]), "min": float(low[j]), "max": float(high[j])}
+        for j in range(n_cols)
+    ]
+
+
+def _hash_beside(data: Any, work: Any) -> tuple[str, Any]:
+    """The sha256 of ``data`` and the result of ``work()``; for large data the hash is computed by a
+    second thread at the same time (hashlib and numpy both release the GIL), which halves the time a
+    50,000-image training set takes to describe. Whatever happens to that thread, the hash returned
+    is of all of ``data``.
+    """
+    if len(data) < HASH_THREAD_BYTES:
+        return hashlib.sha256(data).hexdigest(), work()
+    import threading
+
+    digest = hashlib.sha256()
+    done: list[bool] = []
+
+    def update() -> None:
+        digest.update(data)
+        done.append(True)
+
+    hasher = threading.Thread(target=update, name="grader-fingerprint", daemon=True)
+    hasher.start()
+    try:
+        result = work()
+    finally:
+        hasher.join()
+    return (digest.hexdigest() if done else hashlib.sha256(data).hexdigest()), result
 
 
 def fingerprint_array(value: Any, samples_path: Path | None, relative_to: Path | None) -> dict[str, Any]:
@@ -52,15 +123,9 @@ def fingerprint_array(value: Any, samples_path: Path | None, relative_to: Path |
     ):
         return {"kind": "unsupported", "note": f"{type(value).__name__} of dtype {arr.dtype}"}
     arr = np.ascontiguousarray(arr)
-    sha = hashlib.sha256(arr.view(np.uint8).reshape(-1).data).hexdigest()
     n = arr.shape[0]
     cols = arr.reshape(-1, arr.shape[-1]) if arr.ndim >= 2 else arr.reshape(-1, 1)
-    channels = []
-    for j in range(cols.shape[1]):
-        col = cols[:, j].astype(np.float64)
-        channels.append(
-            {"mean": float(col.mean()), "std": float(col.std()), "min": float(col.min()), "max": float(col.max())}
-        )
+    sha, channels = _hash_beside(arr.view(np.uint8).reshape(-1).data, lambda: channel_stats(cols))
     flat = arr.reshape(n, -1)
     positions = sample_positions(flat.shape[1])
     samples_file = None

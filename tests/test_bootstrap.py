@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grader.bootstrap import SAMPLE_WIDTH, fingerprint_array, sample_positions
+from grader.bootstrap import HASH_THREAD_BYTES, SAMPLE_WIDTH, channel_stats, fingerprint_array, sample_positions
 from grader.records import ArrayFingerprint, ChannelStats, from_jsonable
 
 
@@ -81,6 +82,27 @@ def test_fingerprint_of_images_has_one_channel_per_colour_and_samples_at_fixed_p
     assert np.array_equal(samples, images.reshape(6, -1)[:, sample_positions(192)].astype(np.float64))
 
 
+@pytest.mark.parametrize(
+    "cols",
+    [
+        pytest.param(np.random.default_rng(1).normal(1000.0, 0.01, (70_001, 3)).astype(np.float32), id="offset-floats"),
+        pytest.param(np.random.default_rng(2).integers(0, 256, (3_000, 300), dtype=np.uint8), id="wide-bytes"),
+        pytest.param(np.random.default_rng(3).normal(0.0, 1.0, (354, 13)), id="table"),
+        pytest.param(np.array([[True, False], [True, True], [False, False]]), id="booleans"),
+        pytest.param(np.arange(12, dtype=np.int64).reshape(-1, 1), id="one-column"),
+    ],
+)
+def test_channel_statistics_in_blocks_agree_with_whole_column_ones(cols: np.ndarray) -> None:
+    # Small blocks force many of them, the last one partial: their combination must not lose precision.
+    stats = channel_stats(cols, block_values=1_000)
+
+    as_float = cols.astype(np.float64)
+    assert [s["mean"] for s in stats] == pytest.approx(list(as_float.mean(axis=0)), rel=1e-12, abs=1e-12)
+    assert [s["std"] for s in stats] == pytest.approx(list(as_float.std(axis=0)), rel=1e-9, abs=1e-12)
+    assert [s["min"] for s in stats] == list(as_float.min(axis=0))
+    assert [s["max"] for s in stats] == list(as_float.max(axis=0))
+
+
 def test_a_dataframe_is_fingerprinted_like_its_values(tmp_path: Path) -> None:
     frame = pd.DataFrame({"CRIM": [0.1, 0.2, 0.3], "TAX": [296.0, 242.0, 222.0]})
 
@@ -100,6 +122,17 @@ def test_the_hash_tells_contents_and_dtypes_apart() -> None:
     assert fingerprint_array(x.astype(np.float64), None, None)["sha256"] != same
     x[0, 0] = 100
     assert fingerprint_array(x, None, None)["sha256"] != same
+
+
+def test_a_large_array_hashed_beside_its_statistics_has_the_hash_of_all_its_bytes() -> None:
+    rows = HASH_THREAD_BYTES // (8 * 8 * 3 * 4) + 7  # float32 images: over the size hashed by a second thread
+    images = np.random.default_rng(4).random((rows, 8, 8, 3), dtype=np.float32)
+    assert images.nbytes >= HASH_THREAD_BYTES
+
+    fp = fingerprint_array(images, None, None)
+
+    assert fp["sha256"] == hashlib.sha256(images.tobytes()).hexdigest()
+    assert fp["channels"][0]["mean"] == pytest.approx(float(images[..., 0].astype(np.float64).mean()), rel=1e-12)
 
 
 def test_a_fingerprint_is_json_and_reads_back_as_an_array_fingerprint(tmp_path: Path) -> None:
