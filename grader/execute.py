@@ -274,9 +274,14 @@ async def _execute(job_dir: Path) -> None:
     def on_cell_error(cell: Any, cell_index: int, execute_reply: dict[str, Any]) -> None:
         errors[cell_index] = execute_reply.get("content", {})
 
-    def save(status: str, reason: str) -> None:
-        nbformat.write(nb, str(job_dir / "executed.ipynb.tmp"))
-        os.replace(job_dir / "executed.ipynb.tmp", job_dir / "executed.ipynb")
+    def save(status: str, reason: str, *, final: bool = False) -> None:
+        """Record the cells run so far (``cells.json``, which the live progress line reads); the
+        executed notebook only at the end. Between cells the kernel waits for this, and writing a
+        notebook with its outputs takes tens of milliseconds, for nothing: files left by a runner
+        that did not finish are unsealed, and the orchestrator discards them unread."""
+        if final:
+            nbformat.write(nb, str(job_dir / "executed.ipynb.tmp"))
+            os.replace(job_dir / "executed.ipynb.tmp", job_dir / "executed.ipynb")
         write_json_atomic(
             job_dir / "cells.json",
             {
@@ -382,7 +387,7 @@ async def _execute(job_dir: Path) -> None:
     # for) is now counted among this process's children: the kernel is the runner's only child.
     timings["kernel_cpu"] = _children_cpu() - cpu_before
     timings["total"] = time.monotonic() - started
-    save(status, reason)
+    save(status, reason, final=True)
     _seal(job_dir, ("cells.json", "executed.ipynb"))
 
 
