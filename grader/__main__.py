@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         grader = Grader(config)
-        _ = grader.bounds  # a baseline that does not fit this data stops here, before the notebook runs
+        bounds = grader.bounds  # a baseline that does not fit this data stops here, before the notebook runs
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -168,10 +168,6 @@ def run(args: argparse.Namespace) -> int:
     evidence = None
     if result.status != "invalid" and evidence_path.is_file() and evidence_path.stat().st_mtime >= started - 1:
         evidence = load_evidence(evidence_path)
-    try:
-        bounds = grader.bounds
-    except (ValueError, KeyError, FileNotFoundError):
-        bounds = None
     page = config.grades_dir / key / "feedback.html"
     if not (page.is_file() and page.stat().st_mtime >= started - 1):  # unless grading already wrote it
         page = feedback.write_feedback(config.grades_dir, result, evidence, baseline, bounds)
