@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from grader.records import CheckResult, Evidence, LayerFacts, ModelEvidence
+from grader.hints import keras3_hint
+from grader.records import CellOutcome, CheckResult, EvaluationEvidence, Evidence, LayerFacts, ModelEvidence
 
 RUBRIC_PATH = Path(__file__).with_name("rubric.toml")
 CHECK_IDS = (
@@ -204,7 +205,28 @@ def describe_model(m: ModelEvidence, n: int) -> str:
         return f"model {n} ({where}) could not be inspected: {why}"
     arch = " -> ".join(layer.class_name for layer in m.facts.layers if layer.class_name != "InputLayer") or "no layers"
     pens = describe_penalties(m.facts.layers)
-    return f"model {n} ({where}: {arch}) has " + ("; ".join(pens) if pens else "no regularizer at all")
+    text = f"model {n} ({where}: {arch}) has " + ("; ".join(pens) if pens else "no regularizer at all")
+    return text + untrained_explanation(m)
+
+
+def untrained_explanation(m: ModelEvidence) -> str:
+    """Why a penalty the saved model shows does not count: it was never part of the training loss."""
+    if not m.untrained_penalties:
+        return ""
+    layers = ", ".join(f"'{name}'" for name in m.untrained_penalties)
+    if m.penalty_note:
+        return (
+            f" (the kernel_regularizer on {layers} does not count: {m.penalty_note}, so the penalty was never "
+            "trained; add it inside the GradientTape, e.g. `loss = loss_fn(y, model(x, training=True)) + "
+            "tf.add_n(model.losses)`)"
+        )
+    return (
+        f" (the kernel_regularizer on {layers} does not count: it was set after the layers were built, and Keras "
+        "only adds a weight penalty to the training loss for layers that have it when they are created, so "
+        "`model.losses` stayed empty and the model trained without it; pass kernel_regularizer=... when you "
+        "create each layer, or rebuild the model after setting it, e.g. `model = tf.keras.models.clone_model(model)`, "
+        "then compile and train that model)"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,13 +257,29 @@ def check_runs(ev: Evidence, spec: CheckSpec) -> CheckResult:
     elif first.status == "timeout":
         hint = "Make it faster or check for an endless loop."
     else:
-        hint = "Fix the error and run the notebook top to bottom before submitting."
+        hint = keras3_hint(first.error_name, first.error_value)
+        hint = (hint + " Then" if hint else "Fix the error and") + " run the notebook top to bottom before submitting."
     return _result(
         spec,
         False,
-        f"Recap code cell {first.index} failed with {first.error_name}: {first.error_value}. {hint}",
+        f"Recap {describe_failure(first)}. {hint}",
         failed_cells=[c.index for c in bad],
     )
+
+
+# The longest error message quoted in feedback; the full one is in the executed notebook.
+MAX_QUOTED_ERROR = 400
+
+
+def describe_failure(cell: CellOutcome) -> str:
+    """``code cell 4 failed with ValueError: ...``: the message without its final period, cut to MAX_QUOTED_ERROR
+    characters."""
+    if not cell.error_name:
+        return f"code cell {cell.index} did not complete (status: {cell.status})"
+    value = cell.error_value.strip().rstrip(".")
+    if len(value) > MAX_QUOTED_ERROR:
+        value = value[: MAX_QUOTED_ERROR - 3].rstrip() + "..."
+    return f"code cell {cell.index} failed with {cell.error_name}" + (f": {value}" if value else "")
 
 
 def _regularizer_check(ev: Evidence, spec: CheckSpec, part: str, kind: str) -> CheckResult:
@@ -279,11 +317,20 @@ def _regularizer_check(ev: Evidence, spec: CheckSpec, part: str, kind: str) -> C
                 " Note also that your code uses activity_regularizer, which penalises the layer's outputs, not its "
                 f"weights; an {upper} weight penalty is kernel_regularizer={reg_fn}."
             )
+        failed = [c for c in ev.cells if c.part == part and c.status != "ok"]
+        if failed:
+            fix = keras3_hint(failed[0].error_name, failed[0].error_value) or (
+                "Fix that error so that the cell that trains the model runs."
+            )
+            more = f" ({len(failed) - 1} later {part} cell(s) failed too)" if len(failed) > 1 else ""
+            advice = f"Your {part} {describe_failure(failed[0])}{more}. {fix}"
+        else:
+            advice = "Make sure the cell that trains it runs without error."
         return _result(
             spec,
             False,
-            f"No model trained on {data} was found, so there is no {upper} model to check.{extra} "
-            "Make sure the cell that trains it runs without error.",
+            f"No model trained on {data} was found, so there is no {upper} model to check.{extra} {advice}",
+            failed_cells=[c.index for c in failed],
         )
     lines = [describe_model(m, i + 1) for i, m in enumerate(all_models)]
     hints = []
@@ -440,36 +487,157 @@ def _sparsity_check(ev: Evidence, spec: CheckSpec, part: str, bounds: Bounds) ->
 
 
 def _close(a: float, b: float, name: str) -> bool:
+    """Whether a reported value ``a`` agrees with the recomputed ``b``: within 0.005 for an accuracy, 1% otherwise."""
     if name == "accuracy":
         return abs(a - b) <= 0.005
     return abs(a - b) <= 0.01 * max(abs(b), 1e-6) + 1e-6
 
 
+# Keras 3 lists every compiled metric under this one name in ``model.metrics_names``.
+_COMPILED = "compile_metrics"
+_ACCURACY_NAMES = frozenset({"accuracy", "acc", "sparse_categorical_accuracy", "categorical_accuracy"})
+_MSE_NAMES = frozenset({"mse", "mean_squared_error"})
+# History entries that are not metrics evaluate returns.
+_NOT_RETURNED = frozenset({"loss", "learning_rate", "lr"})
+
+
+def metric_kind(name: str) -> str:
+    """What a metric name measures: ``accuracy``, ``mse``, ``loss``, ``unknown`` (Keras 3's ``compile_metrics``,
+    standing for every compiled metric) or ``other`` (MAE, top-k accuracy, a custom metric)."""
+    low = name.lower()
+    if low == "loss" or low.endswith("_loss"):
+        return "loss"
+    if low in _ACCURACY_NAMES:
+        return "accuracy"
+    if low in _MSE_NAMES:
+        return "mse"
+    if low == _COMPILED:
+        return "unknown"
+    return "other"
+
+
+def returned_groups(e: EvaluationEvidence, history: dict[str, list[float]]) -> list[tuple[set[str], list[float]]] | None:
+    """The values an ``evaluate`` call returned, each group with the kinds of metric it holds; None when the
+    names do not account for the values.
+
+    A named value is a group of its own. Keras 3 names every compiled metric ``compile_metrics`` and returns
+    their values in its place, in compile order; the model's training history names the same metrics (as
+    long as it was not compiled again in between), in another order, so they form one group whose kinds
+    are those names' kinds, or ``unknown`` when the history does not account for them.
+    """
+    names, values = list(e.returned_names), list(e.returned)
+    if names.count(_COMPILED) == 1:
+        at = names.index(_COMPILED)
+        count = len(values) - (len(names) - 1)
+        if count < 0:
+            return None
+        trained = [k for k in history if not k.startswith("val_") and k not in _NOT_RETURNED]
+        kinds = {metric_kind(n) for n in trained} if trained and len(trained) == count else {"unknown"}
+        groups = [({metric_kind(n)}, [v]) for n, v in zip(names[:at], values[:at])]
+        groups.append((kinds, values[at : at + count]))
+        return groups + [({metric_kind(n)}, [v]) for n, v in zip(names[at + 1 :], values[at + count :])]
+    if not names or len(names) != len(values):
+        return None
+    return [({metric_kind(n)}, [v]) for n, v in zip(names, values)]
+
+
+def _could_be(value: float, name: str) -> bool:
+    """Whether a value of unknown kind can be the metric ``name`` at all (an accuracy lies in [0, 1])."""
+    return name != "accuracy" or 0.0 <= value <= 1.0
+
+
+def _compared_values(e: EvaluationEvidence, groups: list[tuple[set[str], list[float]]] | None) -> list[float]:
+    """The returned values one of which must agree with the recomputed metric.
+
+    The values of groups that hold a metric of its kind; failing those, the values of unknown kind that
+    can be one. With no usable names, every value that can be one, unless there is a single value: Keras
+    returns a lone scalar only for a model compiled without metrics, and that is its loss.
+    """
+    name = e.metric_name
+    if groups is None:
+        return [v for v in e.returned if _could_be(v, name)] if len(e.returned) > 1 else []
+    same = [v for kinds, values in groups if name in kinds for v in values]
+    if same:
+        return same
+    return [v for kinds, values in groups if kinds == {"unknown"} for v in values if _could_be(v, name)]
+
+
+def _genuine_values(e: EvaluationEvidence, groups: list[tuple[set[str], list[float]]] | None) -> list[float]:
+    """The values of an agreeing ``evaluate`` call that a printed metric may quote: all but a named loss,
+    and the loss too for an MSE model (its loss is its MSE plus the penalty)."""
+    if groups is None or e.metric_name == "mse":
+        return list(e.returned)
+    return [v for kinds, values in groups if kinds != {"loss"} for v in values]
+
+
+def _describe_returned(e: EvaluationEvidence) -> str:
+    """``loss 1.05, accuracy 0.63`` when every value has a name of its own, else the bare values."""
+    names = e.returned_names
+    if len(names) == len(e.returned) and _COMPILED not in names:
+        return ", ".join(f"{n} {v:.4g}" for n, v in zip(names, e.returned))
+    return ", ".join(f"{v:.4g}" for v in e.returned)
+
+
+PRINTED_LINE_CHARS = 1000  # of each printed line, what is read for a metric (a line can be megabytes long)
 # A label, then within the same line a ':' or '=' and the number right after it: "Test accuracy (L2): 0.63".
 _PRINTED = re.compile(
     r"(?<![A-Za-z])(?P<label>accuracy|acc|mse|mean squared error)(?![A-Za-z])[^:=\n]{0,40}[:=]\s*"
     r"(?P<value>-?\d+(?:\.\d+)?(?:e-?\d+)?)(?P<pct>\s*%)?",
     re.I,
 )
+# Keras's own logs: "Epoch 3/10", "313/313 ━━━━ 2s 5ms/step - accuracy: 0.45 - loss: 1.23",
+# "loss: 1.2300 - accuracy: 0.4500 - val_loss: 1.3000".
+_KERAS_LOG = re.compile(
+    r"(?<![a-z])epoch\s+\d+\s*/\s*\d+|/step\b|━|(?<!\w)\w{1,40}:\s*-?\d[\d.e-]{0,30}\s+-\s+\w{1,40}:\s*-?\d",
+    re.I,
+)
+# Words that say a printed metric is not a test-set one; "test" overrides them.
+_NOT_TEST = re.compile(r"(?<![a-z])(?:train(?:ing)?|val(?:id(?:ation)?)?|epochs?)(?![a-z])", re.I)
+_TEST = re.compile(r"(?<![a-z])test", re.I)
+_CLAUSE_BREAK = re.compile(r"[,;|\t]")
+
+
+def printed_test_metrics(line: str) -> list[re.Match[str]]:
+    """The metrics a printed line claims for the test set: a Keras log line claims none, and a value whose
+    own clause (the text since the previous value or comma) says train, training, val, validation or epoch,
+    and not test, is not one."""
+    line = line[:PRINTED_LINE_CHARS]
+    if _KERAS_LOG.search(line):
+        return []
+    out = []
+    clause_start = 0
+    for match in _PRINTED.finditer(line):
+        breaks = list(_CLAUSE_BREAK.finditer(line, clause_start, match.start()))
+        clause = line[breaks[-1].end() if breaks else clause_start : match.start("value")]
+        clause_start = match.end()
+        if _NOT_TEST.search(clause) and not _TEST.search(clause):
+            continue
+        out.append(match)
+    return out
 
 
 def check_reported(ev: Evidence, spec: CheckSpec) -> CheckResult:
-    genuine: list[float] = [m.metric for m in ev.models if m.metric is not None]
+    genuine: dict[str, list[float]] = {"accuracy": [], "mse": []}
     problems = []
     checked = 0
+    history = {m.key: m.history for m in ev.models}
     for e in ev.evaluations:
         if not e.on_test_set or e.recomputed is None:
             continue
+        groups = returned_groups(e, history.get(e.model_key, {}))
+        compared = _compared_values(e, groups)
+        if not compared:
+            continue  # only a loss, or metrics of other kinds (MAE, top-k accuracy): nothing comparable
         checked += 1
-        if any(_close(v, e.recomputed, e.metric_name) for v in e.returned):
-            genuine.extend(e.returned)
+        if any(_close(v, e.recomputed, e.metric_name) for v in compared):
+            genuine.setdefault(e.metric_name, []).extend(_genuine_values(e, groups))
         else:
             problems.append(
-                f"evaluate call {e.index} returned {', '.join(f'{v:.4g}' for v in e.returned)}, but the grader "
+                f"evaluate call {e.index} returned {_describe_returned(e)}, but the grader "
                 f"recomputes {e.metric_name} = {e.recomputed:.4g} for that model on the same data"
             )
     for line in ev.printed:
-        for match in _PRINTED.finditer(line):
+        for match in printed_test_metrics(line):
             label = match["label"].lower()
             value = float(match["value"])
             name = "accuracy" if label.startswith("acc") else "mse"
@@ -479,26 +647,58 @@ def check_reported(ev: Evidence, spec: CheckSpec) -> CheckResult:
             if not relevant:
                 continue
             checked += 1
-            if not any(_close(value, g, name) for g in genuine + relevant):
+            if not any(_close(value, g, name) for g in genuine.get(name, []) + relevant):
                 problems.append(
                     f"the notebook prints {label} {value:g}, which matches no metric of the models it trained "
-                    f"(recomputed: {', '.join(f'{g:.4g}' for g in relevant)})"
+                    f"(recomputed test {name}: {', '.join(f'{g:.4g}' for g in relevant)})"
                 )
     if problems:
         unique = list(dict.fromkeys(problems))
         return _result(spec, False, "Reported metrics disagree with the recomputed ones: " + "; ".join(unique) + ".")
     if checked == 0:
-        return _result(spec, True, "No reported metric could be compared (no evaluate call on the test set was recorded).")
+        return _result(
+            spec,
+            True,
+            "No reported metric could be compared (no evaluate call on the test set returned an accuracy or an MSE, "
+            "and nothing printed claims a test metric).",
+        )
     return _result(spec, True, f"The {checked} reported metric value(s) agree with the recomputed ones.")
 
 
+# Sampling noise of two accuracies measured on PROBE rows each is about sqrt(2 p (1 - p) / n): a model
+# more accurate on test rows than on training rows by this many of those noise widths, plus a margin,
+# behaves as only a model trained on the test set does.
+LEAK_NOISE_WIDTHS = 4.0
+LEAK_MARGIN = 0.02
+
+
+def behaves_as_trained_on_test(m: ModelEvidence) -> bool:
+    """A CIFAR-10 model whose recomputed test accuracy exceeds its accuracy on canonical training rows by
+    far more than sampling noise: judged from the model alone, whatever the kernel recorded."""
+    test_rows, train_rows = m.metric_rows
+    if m.metric_name != "accuracy" or m.metric is None or m.train_metric is None or not test_rows or not train_rows:
+        return False
+    pooled = (m.metric * test_rows + m.train_metric * train_rows) / (test_rows + train_rows)
+    noise = (pooled * (1 - pooled) * (1 / test_rows + 1 / train_rows)) ** 0.5
+    return m.metric - m.train_metric > LEAK_NOISE_WIDTHS * noise + LEAK_MARGIN
+
+
 def check_leakage(ev: Evidence, spec: CheckSpec) -> CheckResult:
+    """Rows found in what a model was fed (or drew its batches from), and models that do better on the
+    test images than on training images."""
     leaks = [m for m in ev.models if m.leaked_test_rows > 0]
-    if not leaks:
+    suspicious = [m for m in ev.models if m.leaked_test_rows == 0 and behaves_as_trained_on_test(m)]
+    if not leaks and not suspicious:
         return _result(spec, True, "No model was trained on test-set examples.")
     parts = [
         f"the {m.dataset} model fit in code cell {m.cell} was trained on {m.leaked_test_rows} test-set examples"
         for m in leaks
+    ] + [
+        f"the {m.dataset} model fit in code cell {m.cell} is more accurate on the test images ({m.metric:.3f}) than on "
+        f"training images it should have learnt from ({m.train_metric:.3f}), which only a model trained on the test "
+        "set does"
+        for m in suspicious
+        if m.metric is not None and m.train_metric is not None
     ]
     return _result(
         spec,
@@ -506,6 +706,7 @@ def check_leakage(ev: Evidence, spec: CheckSpec) -> CheckResult:
         "Test data leaked into training: " + "; ".join(parts) + ". Train only on the training split "
         "(X_train / x_train); the test split is for evaluation only.",
         leaked={m.key: m.leaked_test_rows for m in leaks},
+        behaved_as_leaked=[m.key for m in suspicious],
     )
 
 

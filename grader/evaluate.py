@@ -10,11 +10,12 @@ identified, the canonical test inputs and the student's input scaling), and answ
 ``pred_NNNN.npy``, until the orchestrator writes ``requests/END``. It never sees labels: the
 orchestrator scores the predictions.
 
-A request can be answered while the student's kernel is still running, so the evaluator first copies
-the artifact into its own folder and loads that copy; the digest it reports is of the copy. Once the
-kernel is gone, the orchestrator keeps an early answer only when its request is the final one for
-that model and the digest matches the artifact as the notebook left it; anything else is evaluated
-again. A grade is therefore always computed from the files as they were at the end.
+A request names the orchestrator's custody copy of a saved model (``grader/custody.py``: taken out of
+the kernel's reach as soon as its fit is recorded) and the digest that copy had when taken. The
+evaluator copies it into its own folder, refuses a copy whose digest is another, and loads its own
+copy; the digest it reports is of that copy. Once the kernel is gone, the orchestrator keeps an early
+answer only when its request is the final one for that model and the digest is the one taken;
+anything else is evaluated again. A grade is therefore computed from the models as they were taken.
 
 Model files are untrusted input: ``.keras`` files are loaded with Keras safe mode (no lambdas, no
 arbitrary code), after a size check; artifacts holding symbolic links are refused.
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from grader.sandbox import IsolatedRun, Outcome
 
 MAX_MODEL_BYTES = 512 * 1024 * 1024
+MAX_MODEL_FILES = 10_000  # entries (files and folders) in one saved model
+MAX_MODEL_DEPTH = 32  # folders nested in one saved model
 PREDICT_BATCH = 500
 POLL_SECONDS = 0.1
 END = "END"
@@ -50,9 +53,9 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
-def _prepare_inputs(spec: dict[str, Any]) -> np.ndarray:
+def _prepare_inputs(spec: dict[str, Any], key: str = "x_file") -> np.ndarray:
     """Canonical inputs, scaled the way the student scaled theirs: ``student = scale * canonical + shift`` per channel."""
-    x = np.load(spec["x_file"], allow_pickle=False)
+    x = np.load(spec[key], allow_pickle=False)
     n = x.shape[0]
     flat = x.reshape(n, -1).astype(np.float64)
     channels = int(spec["channels"])
@@ -164,9 +167,24 @@ def evaluate_model(entry: dict[str, Any], out_dir: Path, pred_name: str | None =
             raise ValueError(f"the model returned {preds.shape[0]} predictions for {x.shape[0]} inputs")
         out = out_dir / (pred_name or f"pred_{index:03d}.npy")
         np.save(out, preds, allow_pickle=False)
-        return _replace(facts, predictions_file=out.name)
+        facts = _replace(facts, predictions_file=out.name)
     except Exception as exc:
         return _replace(facts, prediction_error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:600])
+    if not spec.get("train_x_file"):
+        return facts
+    try:
+        # The same model on canonical *training* rows, prepared the same way: a model that does better on
+        # the test rows than on rows it was trained on was trained on the test set, whatever was recorded.
+        x = _prepare_inputs(spec, "train_x_file")
+        if source == "keras":
+            preds = predictor.predict(x, batch_size=PREDICT_BATCH, verbose=0)
+        else:
+            preds = np.concatenate([np.asarray(predictor(x[i : i + PREDICT_BATCH])) for i in range(0, len(x), PREDICT_BATCH)])
+        out = out_dir / (pred_name or f"pred_{index:03d}.npy").replace(".npy", "_train.npy")
+        np.save(out, np.asarray(preds, dtype=np.float32), allow_pickle=False)
+        return _replace(facts, train_predictions_file=out.name)
+    except Exception:
+        return facts  # the test predictions stand; only the comparison with training rows is missing
 
 
 def _replace(facts: ModelFacts, **changes: Any) -> ModelFacts:
@@ -208,12 +226,13 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _copy_bounded(src: str, dst: str) -> str:
-    """Copy one regular file, not following links nor blocking on a FIFO, refusing more than MAX_MODEL_BYTES."""
+def _copy_bounded(src: str, dst: str, limit: int = MAX_MODEL_BYTES, dir_fd: int | None = None) -> int:
+    """Copy one regular file (``src`` relative to the open folder ``dir_fd`` when given), not following links nor
+    blocking on a FIFO, refusing more than ``limit`` bytes; returns the bytes copied."""
     import os
     import stat
 
-    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ValueError("the saved model holds something other than regular files")
@@ -221,35 +240,75 @@ def _copy_bounded(src: str, dst: str) -> str:
         with open(dst, "xb") as out:
             while chunk := os.read(fd, 1 << 20):
                 copied += len(chunk)
-                if copied > MAX_MODEL_BYTES:
+                if copied > limit:
                     raise ValueError(f"the saved model is larger than {MAX_MODEL_BYTES // 2**20} MiB")
                 out.write(chunk)
     finally:
         os.close(fd)
-    return dst
+    return copied
+
+
+def copy_artifact(src: str | Path, dst: Path, dir_fd: int | None = None) -> int:
+    """Copy a saved model (one regular file, or a folder of folders and regular files) to ``dst``, which must not
+    exist; returns the bytes copied. ``src`` is relative to the open folder ``dir_fd`` when given.
+
+    No symbolic link is followed, at ``src`` or anywhere inside it; a FIFO or other special file is refused
+    without blocking on it; so is more than ``MAX_MODEL_BYTES`` in all, more than ``MAX_MODEL_FILES`` entries,
+    or folders nested deeper than ``MAX_MODEL_DEPTH``. A refusal is a ``ValueError`` whose message is the
+    model's load error; what was copied before it stays in ``dst`` for the caller to remove.
+    """
+    budget = {"bytes": MAX_MODEL_BYTES, "entries": MAX_MODEL_FILES}
+    _copy_entry(str(src), dir_fd, dst, budget, 0)
+    return MAX_MODEL_BYTES - budget["bytes"]
+
+
+def _copy_entry(name: str, dir_fd: int | None, dst: Path, budget: dict[str, int], depth: int) -> None:
+    import os
+    import stat
+
+    mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    if stat.S_ISLNK(mode):
+        raise ValueError("the saved model is a symbolic link" if depth == 0 else "the saved model holds a symbolic link")
+    budget["entries"] -= 1
+    if budget["entries"] < 0:
+        raise ValueError(f"the saved model holds more than {MAX_MODEL_FILES} files")
+    if not stat.S_ISDIR(mode):
+        budget["bytes"] -= _copy_bounded(name, str(dst), budget["bytes"], dir_fd)
+        return
+    if depth >= MAX_MODEL_DEPTH:
+        raise ValueError(f"the saved model holds folders nested more than {MAX_MODEL_DEPTH} deep")
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        dst.mkdir()
+        for child in sorted(os.listdir(fd)):
+            _copy_entry(child, fd, dst / child, budget, depth + 1)
+    finally:
+        os.close(fd)
 
 
 def _private_copy(entry: dict[str, Any], work: Path) -> tuple[dict[str, Any], str]:
-    """Copy a request's artifact (and kernel facts file) out of the kernel's reach; the entry now names the
-    copies, and the digest is theirs (``request_digest`` of the new entry)."""
+    """Copy a request's artifact (and kernel facts file) into ``work``; the entry now names the copies, and the
+    digest is theirs (``request_digest`` of the new entry).
+
+    Raises ``ValueError`` for a request the orchestrator refused (its ``refused`` reason), for files
+    ``copy_artifact`` refuses, and for copies whose digest is not the one the request names (``digest``: the
+    orchestrator's custody copy as it was when taken, see ``grader/custody.py``).
+    """
+    if entry.get("refused"):
+        raise ValueError(str(entry["refused"]))
     entry = dict(entry)
     for key in ("artifact", "facts_file"):
         src = Path(entry[key]) if entry.get(key) else None
         if src is None or not (src.exists() or src.is_symlink()):
             continue
-        if src.is_symlink():
-            raise ValueError("the saved model is a symbolic link")
         dst = work / f"{key}{''.join(src.suffixes)}"
-        if src.is_dir():
-            if _size(src) > MAX_MODEL_BYTES:
-                raise ValueError(f"the saved model is larger than {MAX_MODEL_BYTES // 2**20} MiB")
-            shutil.copytree(src, dst, symlinks=False, copy_function=_copy_bounded)
-        else:
-            _copy_bounded(str(src), str(dst))
+        copy_artifact(src, dst)
         entry[key] = str(dst)
     digest = request_digest(entry)
     if not digest:
         raise ValueError("the saved model could not be read")
+    if entry.get("digest") and digest != entry["digest"]:
+        raise ValueError("the grader's copy of the saved model changed after it was taken")
     return entry, digest
 
 
@@ -277,7 +336,7 @@ def _answer(eval_dir: Path, name: str) -> None:
     try:
         try:
             copied, digest = _private_copy(entry, work)
-        except (OSError, ValueError) as exc:  # shutil.Error is an OSError
+        except (OSError, ValueError) as exc:
             why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
             facts = ModelFacts(index, False, why[:600], "", [], 0, {}, {}, None, "")
             digest = ""
@@ -392,6 +451,9 @@ class Session:
         if facts.predictions_file is not None:
             name = Path(facts.predictions_file).name
             facts = _replace(facts, predictions_file=f"{self.eval_dir.name}/{name}")
+        if facts.train_predictions_file is not None:
+            name = Path(facts.train_predictions_file).name
+            facts = _replace(facts, train_predictions_file=f"{self.eval_dir.name}/{name}")
         return facts, str(data.get("digest", ""))
 
     def foreground(self) -> None:

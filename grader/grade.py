@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from grader import __version__, checks, evaluate, execute, gpu, provenance, report, sandbox, submissions
+from grader.custody import Custody
+from grader.custody import folder_for as custody_folder
 from grader.datasets import DatasetStore, boston_split, served_cifar10
 from grader.records import (
     ArrayFingerprint,
@@ -43,13 +45,14 @@ from grader.sandbox import DEFAULT_MEMORY_LIMIT, IsolatedRun
 # The modules whose behaviour shapes an execution's evidence (a change re-executes notebooks).
 _EXECUTION_CODE = (
     "bootstrap.py", "execute.py", "evaluate.py", "inspect.py", "provenance.py", "submissions.py", "grade.py", "datasets.py",
-    "sandbox.py", "gpu.py",
+    "sandbox.py", "gpu.py", "custody.py",
 )
 MAX_RECORDS_BYTES = 50 * 1024 * 1024
 MAX_SAMPLES_BYTES = 200 * 1024 * 1024
 EVALUATOR_TIMEOUT = 900.0
 EARLY_REQUESTS = 8  # models sent to the evaluator while their notebook still runs, at most
 RUNNING_POLL_SECONDS = 0.25
+TRAIN_PROBE_ROWS = 1000  # canonical training rows each CIFAR-10 model also predicts on (integrity.no_test_leakage)
 MATCH_CACHE_SIZE = 256  # provenance matches kept (a notebook has a handful; a batch worker's are dropped in bulk)
 
 
@@ -213,13 +216,8 @@ class Grader:
                 threads=self.config.threads,
                 gpu_index=gpu_index,
             )
-            runner = execute.start_job(
-                job_dir,
-                self.config.notebook_timeout,
-                readable=(self.data_dir,),
-                hidden=self.hidden,
-                memory_bytes=self.config.memory_limit,
-            )
+            custody = Custody(job_dir)  # before the runner starts: hidden from it (grader/custody.py)
+            runner = self._start_runner(job_dir, custody)
             with runner:
                 # The evaluator starts with the notebook: its imports, and its work on the models the
                 # first cells train, overlap the cells that follow (grader/evaluate.py).
@@ -229,8 +227,9 @@ class Grader:
                     background=True,  # until the kernel is gone (_while_running)
                 )
                 try:
-                    early = self._while_running(runner, session, job_dir)
+                    early = self._while_running(runner, session, job_dir, custody)
                     run = execute.job_result(runner, self.config.notebook_timeout)
+                    custody.close()  # the runner has ended: what the custody thread has not taken yet, now
                     kill_status, kill_reason = run.status, run.reason
                     if not _sealed(job_dir, run.seal):
                         # The runner's files are not the ones it wrote (or it never got to say): trust none of them.
@@ -240,7 +239,8 @@ class Grader:
                             kill_status = "error"
                             kill_reason = "the runner's record of this run is missing or was altered after it was written"
                     evidence = self.assemble(
-                        job_dir, neutralised, prepared, parts, kill_status, kill_reason, session=session, early=early
+                        job_dir, neutralised, prepared, parts, kill_status, kill_reason,
+                        session=session, early=early, custody=custody,
                     )
                 finally:
                     session.kill()
@@ -338,9 +338,11 @@ class Grader:
         *,
         session: evaluate.Session,
         early: dict[int, int],
+        custody: Custody,
     ) -> Evidence:
         """The evidence of a finished run; ``session`` and ``early`` are the evaluator started with the
-        notebook and what it was asked while the notebook ran (see ``_while_running``)."""
+        notebook and what it was asked while the notebook ran (see ``_while_running``), ``custody`` the
+        saved models taken out of the kernel's reach."""
         cells_path = job_dir / "cells.json"
         run: dict[str, Any] = (
             json.loads(cells_path.read_text())
@@ -366,10 +368,14 @@ class Grader:
         # seconds) and the grader's own; CPU seconds of the sandboxed children where cgroups count them.
         timings = {f"runner_{k}": float(v) for k, v in run.get("timings", {}).items()}
         t0 = time.monotonic()
-        models = self._models(job_dir, fits, cell_of, timings, session, early)
+        models = self._models(job_dir, fits, cell_of, timings, session, early, evals, custody=custody)
         evaluations = self._evaluations(job_dir, evals, models)
         timings["evaluation"] = time.monotonic() - t0
         timings["training"] = float(sum(m.train_seconds for m in models))
+        # A cell that trained a model belongs to the part whose data it trained on, whatever its headings say.
+        trained = [(cell_of.get(f.cell) if f.cell is not None else None, self._match(job_dir, f.x).dataset) for f in fits]
+        parts = submissions.refine_parts(prepared, trained)
+        cells = [dataclasses.replace(c, part=parts[c.index]) if 0 <= c.index < len(parts) else c for c in cells]
         return Evidence(
             status=status,
             reason=reason,
@@ -467,6 +473,9 @@ class Grader:
         timings: dict[str, float],
         session: evaluate.Session,
         early: dict[int, int],
+        evals: list[EvaluateRecord] | None = None,
+        *,
+        custody: Custody,
     ) -> list[ModelEvidence]:
         last: dict[str, FitRecord] = {}
         all_fits: dict[str, list[FitRecord]] = {}
@@ -476,34 +485,34 @@ class Grader:
         ordered = sorted(last.values(), key=lambda f: f.index)
         matches = {f.index: self._match(job_dir, f.x) for f in ordered}
         # Leakage is judged over every fit of a model, not only its last.
-        leaks = {
-            key: max(
-                (self._match(job_dir, f.x) if f.index not in matches else matches[f.index]).distinct_test_rows
-                for f in fs
-            )
-            for key, fs in all_fits.items()
-        }
+        leaks = {key: max(self._leaked_rows(job_dir, f, matches) for f in fs) for key, fs in all_fits.items()}
         entries = []
         for fit in ordered:
             match = matches[fit.index]
-            spec = self._input_spec(job_dir, match)
+            prepared, prepared_from = self._preparation(job_dir, fit, evals or [])
+            spec = self._input_spec(job_dir, prepared)
             label_map: tuple[float, float] | None = (1.0, 0.0)
             if match.verified and match.dataset == "boston":
                 y_samples = self._samples(job_dir, fit.y)
                 canon = self.canonicals[match.dataset]
-                label_map = provenance.label_affine(y_samples, match, canon) if y_samples is not None else None
-            entries.append((fit, match, spec, label_map))
-        requests = [(fit.index, self._eval_request(job_dir, fit, spec)) for fit, _, spec, _ in entries]
+                if y_samples is not None:
+                    label_map = provenance.label_affine(y_samples, match, canon)
+                elif fit.y.kind != "array":
+                    label_map = (1.0, 0.0)  # targets not recorded (a custom loop): taken as the prices themselves
+                else:
+                    label_map = None
+            entries.append((fit, match, spec, label_map, prepared, prepared_from))
+        requests = [(fit.index, self._eval_request(job_dir, fit, spec, custody)) for fit, _, spec, *_ in entries]
         facts = self._evaluate(job_dir, requests, timings, session, early)
         out = []
-        for fit, match, spec, label_map in entries:
-            f = facts.get(fit.index)
+        for fit, match, spec, label_map, prepared, prepared_from in entries:
+            f, untrained = _trained_facts(facts.get(fit.index), fit)
             metric, metric_name, error = None, "", ""
             if match.dataset in self.canonicals:
                 metric_name = "mse" if match.dataset == "boston" else "accuracy"
             if spec is None:
                 error = (
-                    f"the data it was trained on could not be matched to the canonical data ({match.note})"
+                    f"the data it was trained on could not be matched to the canonical data as the grader can prepare it ({match.note})"
                     if match.note
                     else "the data it was trained on is not the exercise's data"
                 )
@@ -513,6 +522,9 @@ class Grader:
                 error = f"the model could not predict on the test inputs ({f.prediction_error})"
             else:
                 metric, error = self._score(job_dir / f.predictions_file, match.dataset, label_map)
+            train_metric = None
+            if metric is not None and f is not None and f.train_predictions_file:
+                train_metric, _ = self._score(job_dir / f.train_predictions_file, match.dataset, label_map, split="train")
             out.append(
                 ModelEvidence(
                     key=fit.model_key,
@@ -520,11 +532,15 @@ class Grader:
                     fit_indices=[x.index for x in all_fits[fit.model_key]],
                     cell=cell_of.get(fit.cell) if fit.cell is not None else None,
                     dataset=match.dataset,
-                    data_verified=match.verified,
-                    data_note=match.note,
+                    data_verified=match.verified or self._drawn_from_verified(job_dir, fit, match),
+                    data_note=match.note
+                    if match.verified or not self._drawn_from_verified(job_dir, fit, match)
+                    else f"its batches were augmented beyond recognition ({match.note}); the arrays they were drawn "
+                    f"from are {match.dataset} rows",
                     train_rows=match.rows,
                     leaked_test_rows=leaks.get(fit.model_key, 0),
-                    scaling=_describe_scaling(match),
+                    scaling=_describe_scaling(prepared)
+                    + (f" (learnt from {prepared_from})" if prepared_from != "training data" else ""),
                     facts=f,
                     metric_name=metric_name,
                     metric=metric,
@@ -532,31 +548,93 @@ class Grader:
                     train_seconds=float(sum(x.train_seconds for x in all_fits[fit.model_key])),
                     epochs=int(sum(x.epochs_run for x in all_fits[fit.model_key])),
                     history=fit.history,
+                    origin=fit.origin,
+                    steps=int(sum(x.steps for x in all_fits[fit.model_key])),
+                    untrained_penalties=untrained,
+                    penalty_note=fit.penalty_note if untrained else "",
+                    prepared_from=prepared_from,
+                    train_metric=train_metric,
+                    metric_rows=self._metric_rows(match.dataset),
                 )
             )
         return out
 
-    def _test_inputs(self, job_dir: Path, dataset: str) -> Path:
-        """The canonical test inputs the evaluator predicts on (never the labels)."""
-        if dataset == "cifar10":
+    def _drawn_from_verified(self, job_dir: Path, fit: FitRecord, match: provenance.DataMatch) -> bool:
+        """Whether the arrays a stream's batches were drawn from are verified rows of the same dataset."""
+        return any(
+            m.verified and m.dataset == match.dataset for m in (self._match(job_dir, s) for s in fit.x_sources)
+        )
+
+    def _metric_rows(self, dataset: str) -> list[int]:
+        canon = self.canonicals.get(dataset)
+        return [len(canon.x_test), min(TRAIN_PROBE_ROWS, len(canon.x_train))] if canon is not None else [0, 0]
+
+    def _leaked_rows(self, job_dir: Path, fit: FitRecord, matches: dict[int, provenance.DataMatch]) -> int:
+        """Distinct test rows a training run saw: in the rows it was fed, or in the arrays its stream drew
+        them from (which augmentation cannot disguise)."""
+        fed = (matches.get(fit.index) or self._match(job_dir, fit.x)).distinct_test_rows
+        drawn = 0
+        for source in fit.x_sources:
+            match = self._match(job_dir, source)
+            drawn += match.distinct_test_rows if match.verified else 0
+        return max(fed, drawn)
+
+    def _preparation(self, job_dir: Path, fit: FitRecord, evals: list[EvaluateRecord]) -> tuple[provenance.DataMatch, str]:
+        """How to prepare the canonical test inputs for a model, and from which of its data that was learnt.
+
+        Its training data's preparation when those rows are verified; otherwise (training data augmented
+        beyond recognition, or not recorded) that of its validation data, then of the data the notebook
+        evaluated it on: rows that are verified as the canonical data prepared one way, never augmented.
+        """
+        train = self._match(job_dir, fit.x)
+        if train.verified:
+            return train, "training data"
+        candidates = [("its validation data", fit.validation_x)] + [
+            (f"the data of its evaluate call {e.index}", e.x) for e in evals if e.model_key == fit.model_key
+        ]
+        for origin, fp in candidates:
+            if fp.kind != "array":
+                continue
+            other = self._match(job_dir, fp)
+            if other.verified and other.dataset == train.dataset:
+                return other, origin
+        # Last, the arrays its batches were drawn from, when the batches have their distribution (an
+        # ImageDataGenerator that augments without rescaling, a tf.data pipeline that only shuffles and
+        # flips): a generator that rescales or standardises changes it, and is not taken for one that does not.
+        for source in fit.x_sources:
+            other = self._match(job_dir, source)
+            if other.verified and other.dataset == train.dataset and _same_distribution(fit.x, source):
+                return other, "the arrays its batches were drawn from"
+        return train, "training data"
+
+    def _test_inputs(self, job_dir: Path, dataset: str, mode: str = "channel", split: str = "test") -> Path:
+        """The canonical test inputs the evaluator predicts on (never the labels), prepared by ``mode``
+        (per-image or per-pixel standardisation, mean-image subtraction) before its per-channel affine map.
+        ``split="train"``: the first ``TRAIN_PROBE_ROWS`` training rows instead, prepared the same way."""
+        if dataset == "cifar10" and mode == "channel" and split == "test":
             return self.data_dir / "cifar10_x_test.npy"
-        path = job_dir / "eval-inputs" / f"{dataset}_x_test.npy"
+        stem = dataset if mode == "channel" else f"{dataset}_{mode}"
+        path = job_dir / "eval-inputs" / (f"{stem}_x_test.npy" if split == "test" else f"{stem}_x_train_probe.npy")
         if not path.exists():  # written once, whole: the evaluator may be reading it already
             path.parent.mkdir(parents=True, exist_ok=True)
             canon = self.canonicals[dataset]
+            source = canon.x_test if split == "test" else canon.x_train[:TRAIN_PROBE_ROWS]
+            rows = canon.base_transform(source, mode)
             tmp = path.with_name(f".{path.name}.tmp")
             with open(tmp, "wb") as fh:
-                np.save(fh, canon.x_test.reshape(len(canon.x_test), *canon.sample_shape), allow_pickle=False)
+                np.save(fh, rows.reshape(len(rows), *canon.sample_shape), allow_pickle=False)
             tmp.replace(path)
         return path
 
-    def _score(self, pred_path: Path, dataset: str, label_map: tuple[float, float] | None) -> tuple[float | None, str]:
+    def _score(
+        self, pred_path: Path, dataset: str, label_map: tuple[float, float] | None, split: str = "test"
+    ) -> tuple[float | None, str]:
         try:
             preds = np.load(pred_path, allow_pickle=False).astype(np.float64)
         except (ValueError, OSError) as exc:
             return None, f"the predictions could not be read ({exc})"
         canon = self.canonicals[dataset]
-        y = canon.y_test
+        y = canon.y_test if split == "test" else canon.y_train[:TRAIN_PROBE_ROWS]
         if preds.shape[0] != len(y):
             return None, f"{preds.shape[0]} predictions for {len(y)} test examples"
         if dataset == "boston":
@@ -577,45 +655,63 @@ class Grader:
         """The canonical test inputs a model is asked to predict on, scaled as the student scaled theirs."""
         if not match.verified:
             return None
-        return {
-            "x_file": str(self._test_inputs(job_dir, match.dataset)),
+        spec = {
+            "x_file": str(self._test_inputs(job_dir, match.dataset, match.mode)),
             "channels": match.channels,
             "scale": match.scale,
             "shift": match.shift,
             "sample_shape": match.sample_shape,
         }
+        if match.dataset == "cifar10":
+            spec["train_x_file"] = str(self._test_inputs(job_dir, match.dataset, match.mode, split="train"))
+        return spec
 
-    def _eval_request(self, job_dir: Path, fit: FitRecord, spec: dict[str, Any] | None) -> dict[str, Any]:
-        artifacts = (job_dir / "artifacts").resolve()
-
-        def resolve(rel: str | None) -> str | None:
-            if not rel:
-                return None
-            path = (artifacts / rel).resolve()
-            return str(path) if path.is_relative_to(artifacts) else None
-
+    def _eval_request(
+        self, job_dir: Path, fit: FitRecord, spec: dict[str, Any] | None, custody: Custody
+    ) -> dict[str, Any]:
+        """What the evaluator is asked about one fit: its saved model as custody took it (taken now if it was
+        not yet), with the digest it had then, or why it was refused; never a file the kernel can still change."""
+        taken = custody.take(fit)
         return {
             "fit_index": fit.index,
-            "artifact": resolve(fit.artifact),
+            "artifact": taken.artifact,
             "format": fit.artifact_format,
-            "facts_file": resolve(fit.facts_file),
+            "facts_file": taken.facts_file,
+            "digest": taken.digest,
+            "refused": taken.refused,
             "input": spec,
         }
+
+    def _start_runner(self, job_dir: Path, custody: Custody) -> IsolatedRun:
+        """Start the runner of a prepared job dir; its sandbox hides the custody folder (with the grades dir
+        it lies in, or with a tmpfs of its own where the job dir is elsewhere)."""
+        folder = custody.folder.resolve()
+        covered = any(folder.is_relative_to(path.resolve()) for path in self.hidden)
+        return execute.start_job(
+            job_dir,
+            self.config.notebook_timeout,
+            readable=(self.data_dir,),
+            hidden=self.hidden if covered else (*self.hidden, custody.folder),
+            memory_bytes=self.config.memory_limit,
+        )
 
     def _evaluator(self, job_dir: Path, timeout: float, name: str = "eval", background: bool = False) -> evaluate.Session:
         (job_dir / "eval-inputs").mkdir(parents=True, exist_ok=True)
         return evaluate.Session(
             job_dir / name,
             seed=self.config.seed,
-            readable=(job_dir / "artifacts", job_dir / "eval-inputs", self.data_dir),
+            readable=(job_dir / "artifacts", job_dir / "eval-inputs", self.data_dir, custody_folder(job_dir)),
             hidden=self.hidden,
             memory_bytes=self.config.memory_limit or DEFAULT_MEMORY_LIMIT,
             timeout=timeout,
             background=background,
         )
 
-    def _while_running(self, runner: IsolatedRun, session: evaluate.Session, job_dir: Path) -> dict[int, int]:
-        """Wait for the runner; meanwhile, at low priority, prepare judging and send the evaluator early work.
+    def _while_running(
+        self, runner: IsolatedRun, session: evaluate.Session, job_dir: Path, custody: Custody
+    ) -> dict[int, int]:
+        """Wait for the runner; meanwhile take custody of each saved model as its fit is recorded (a thread
+        of its own, at normal priority) and, at low priority, prepare judging and send the evaluator early work.
 
         Returns fit index -> number of the request sent early (0: none could be made). Nothing done
         here decides a grade: an early answer is used only where it is what the final request gets
@@ -623,7 +719,11 @@ class Grader:
         """
         early: dict[int, int] = {}
         stop = threading.Event()
-        helper = threading.Thread(target=self._meanwhile, args=(session, job_dir, early, stop), name="grader-meanwhile")
+        keeper = threading.Thread(target=custody.keep, args=(stop,), name="grader-custody")
+        keeper.start()
+        helper = threading.Thread(
+            target=self._meanwhile, args=(session, job_dir, early, stop, custody), name="grader-meanwhile"
+        )
         helper.start()
         try:
             while runner.running() and time.monotonic() < runner.deadline:
@@ -634,9 +734,12 @@ class Grader:
             sandbox.to_foreground([helper.native_id] if helper.native_id else [])
             session.foreground()
             helper.join()
+            keeper.join()
         return dict(early)
 
-    def _meanwhile(self, session: evaluate.Session, job_dir: Path, early: dict[int, int], stop: threading.Event) -> None:
+    def _meanwhile(
+        self, session: evaluate.Session, job_dir: Path, early: dict[int, int], stop: threading.Event, custody: Custody
+    ) -> None:
         """The helper thread of ``_while_running``: it yields the CPU to the kernel (Linux thread priority).
 
         First what judging needs whatever the notebook does (the canonical data and its neighbour
@@ -669,21 +772,26 @@ class Grader:
                     continue
                 # One request per idle evaluator: the records are read again until none is left to send;
                 # then every recorded array is matched, a head start for ``assemble``.
-                if not self._send_latest(job_dir, session, early, fits):
+                if not self._send_latest(job_dir, session, early, fits, evals, custody=custody):
                     seen_size = size
                     for fp in [f.x for f in fits] + [e.x for e in evals]:
                         self._match(job_dir, fp)
             except Exception:  # noqa: BLE001 - never let the head start cost a grade
                 continue
 
-    def _send_latest(self, job_dir: Path, session: evaluate.Session, early: dict[int, int], fits: list[FitRecord]) -> bool:
+    def _send_latest(
+        self, job_dir: Path, session: evaluate.Session, early: dict[int, int], fits: list[FitRecord],
+        evals: list[EvaluateRecord] | None = None, *, custody: Custody,
+    ) -> bool:
         """Send the evaluator the first latest fit of a model not sent yet; False when there is none."""
         latest = {fit.model_key: fit for fit in fits}
+        evals = evals or []
         for fit in sorted(latest.values(), key=lambda f: f.index):
             if fit.index in early:
                 continue
             try:
-                request = self._eval_request(job_dir, fit, self._input_spec(job_dir, self._match(job_dir, fit.x)))
+                spec = self._input_spec(job_dir, self._preparation(job_dir, fit, evals)[0])
+                request = self._eval_request(job_dir, fit, spec, custody)
             except Exception:  # an unreadable record now may be readable at the end: judged then
                 early[fit.index] = 0
                 continue
@@ -699,7 +807,12 @@ class Grader:
         session: evaluate.Session,
         early: dict[int, int],
     ) -> dict[int, ModelFacts]:
-        """Each final request's facts: an early answer where it still holds, the evaluator's answer otherwise."""
+        """Each final request's facts: an early answer where it still holds, the evaluator's answer otherwise.
+
+        An early answer holds when its request is the final one and the digest of the model the evaluator
+        loaded is the request's ``digest`` (the custody copy's when taken), or, for a request without one,
+        that of its files as they are now.
+        """
         deadline = time.monotonic() + EVALUATOR_TIMEOUT
         facts: dict[int, ModelFacts] = {}
         todo: list[tuple[int, dict[str, Any]]] = []
@@ -707,7 +820,7 @@ class Grader:
             rid = early.get(index, 0)
             if rid and session.sent.get(rid) == request:
                 got = session.wait_answer(rid, deadline)
-                if got is not None and got[1] and got[1] == evaluate.request_digest(request):
+                if got is not None and got[1] and got[1] == (request.get("digest") or evaluate.request_digest(request)):
                     facts[index] = got[0]
                     continue
             todo.append((index, request))
@@ -768,6 +881,7 @@ class Grader:
                     metric_name=model.metric_name if model else "",
                     recomputed=recomputed,
                     penalty=None,
+                    returned_names=list(e.metric_names),
                 )
             )
         return out
@@ -802,11 +916,58 @@ def _describe_scaling(match: provenance.DataMatch) -> str:
         return "unverified"
     scale = np.asarray(match.scale)
     shift = np.asarray(match.shift)
-    if np.allclose(scale, 1) and np.allclose(shift, 0):
-        return "raw values"
-    if np.allclose(scale, 1 / 255, rtol=1e-3) and np.allclose(shift, 0, atol=1e-6):
-        return "divided by 255"
-    return "rescaled per feature (x * scale + shift)"
+    if match.mode != "channel":
+        words = provenance.MODE_WORDS.get(match.mode, match.mode)
+    elif np.allclose(scale, 1) and np.allclose(shift, 0):
+        words = "raw values"
+    elif np.allclose(scale, 1 / 255, rtol=1e-3) and np.allclose(shift, 0, atol=1e-6):
+        words = "divided by 255"
+    else:
+        words = "rescaled per feature (x * scale + shift)"
+    if match.mirrored_rows:
+        words += f"; {match.mirrored_rows} rows mirrored"
+    if match.augmented:
+        words += "; augmented (the rows found exactly decide the preparation)"
+    return words
+
+
+def _same_distribution(a: ArrayFingerprint, b: ArrayFingerprint, tolerance: float = 0.15) -> bool:
+    """Whether two recorded arrays have per-channel means and spreads within ``tolerance`` spreads of each other."""
+    if not a.channels or len(a.channels) != len(b.channels):
+        return False
+    for x, y in zip(a.channels, b.channels):
+        spread = max(y.std, 1e-12)
+        if abs(x.mean - y.mean) > tolerance * spread or abs(x.std - y.std) > tolerance * spread:
+            return False
+    return True
+
+
+def _trained_facts(facts: ModelFacts | None, fit: FitRecord) -> tuple[ModelFacts | None, list[str]]:
+    """The model's facts with only the kernel penalties its training loss included, and the layers whose
+    saved ``kernel_regularizer`` was not trained (set on a layer already built, or a loop that never added
+    ``model.losses``). The kernel's record can only take a penalty away, never add one."""
+    trained = fit.trained_penalties
+    if facts is None or trained is None:
+        return facts, []
+    by_name: dict[str, list[Any]] = {}
+    for key, value in trained.items():
+        by_name.setdefault(key.rsplit("/", 1)[-1], []).append(value)
+    layers, dropped = [], []
+    for layer in facts.layers:
+        key = layer.path or layer.name
+        if layer.kernel_regularizer is None:
+            layers.append(layer)
+            continue
+        if key in trained:
+            values = [trained[key]]
+        else:
+            values = by_name.get(key.rsplit("/", 1)[-1], by_name.get(layer.name, []))
+        if values and all(v is None for v in values):
+            layers.append(dataclasses.replace(layer, kernel_regularizer=None))
+            dropped.append(layer.name)
+        else:
+            layers.append(layer)
+    return (dataclasses.replace(facts, layers=layers) if dropped else facts), dropped
 
 
 def load_evidence(path: Path) -> Evidence:

@@ -119,6 +119,7 @@ class ArrayFingerprint:
     sample_positions: list[int] = dataclasses.field(default_factory=list)
     samples_file: str | None = None
     note: str = ""
+    origin: str = "array"  # array | tf.data | generator | PyDataset | ImageDataGenerator | train_on_batch | custom_loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +143,16 @@ class FitRecord:
     artifact_format: str | None
     artifact_error: str | None
     facts_file: str | None
+    origin: str = "array"  # how it was trained: fit on arrays, on a stream (tf.data, ...), train_on_batch, custom_loop
+    steps: int = 0  # optimizer steps, for training outside fit
+    # Layer path -> the kernel penalty the training loss really included (serialised regularizer or None);
+    # None when not recorded. A claim of the kernel: it can only take a penalty away from what the saved
+    # model's configuration shows (see docs/security.md).
+    trained_penalties: dict[str, Any] | None = None
+    penalty_note: str = ""
+    # The arrays a stream drew its rows from, where it says (an ImageDataGenerator iterator's x, a tf.data
+    # pipeline's sliced tensors): unaugmented rows, for telling which canonical rows it was trained on.
+    x_sources: list[ArrayFingerprint] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +235,7 @@ class ModelFacts:
     abs_weight_histogram: dict[str, list[float]]  # {"edges": [...], "counts": [...]} over log10|w|
     predictions_file: str | None
     prediction_error: str
+    train_predictions_file: str | None = None  # predictions on canonical training rows prepared the same way
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,6 +301,13 @@ class ModelEvidence:
     train_seconds: float
     epochs: int
     history: dict[str, list[float]]
+    origin: str = "array"  # how it was trained (FitRecord.origin)
+    steps: int = 0  # optimizer steps outside fit (train_on_batch, a custom loop)
+    untrained_penalties: list[str] = dataclasses.field(default_factory=list)  # layers whose saved penalty was not trained
+    penalty_note: str = ""  # why, when the kernel said
+    prepared_from: str = "training data"  # whose verified rows decided how its test inputs are prepared
+    train_metric: float | None = None  # the same metric on canonical training rows (TRAIN_PROBE_ROWS of them)
+    metric_rows: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # test rows, training rows scored
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +321,9 @@ class EvaluationEvidence:
     metric_name: str
     recomputed: float | None
     penalty: float | None
+    # The names the kernel recorded for the returned values (Keras 3: ["loss", "compile_metrics"], or the
+    # keys of a returned dict); empty when not recorded.
+    returned_names: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)

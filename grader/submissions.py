@@ -6,10 +6,15 @@ testable alone. Nothing here runs student code.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import io
+import itertools
 import json
 import re
+import tokenize
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import nbformat
@@ -195,28 +200,227 @@ def prepare(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[str]
     return prepared, neutralised
 
 
-def cell_parts(nb: nbformat.NotebookNode) -> list[str]:
-    """Label each cell ``recap``, ``practice`` or ``other`` from the notebook's own headings.
+# ---------------------------------------------------------------------------------------------
+# Parts: the recap (Boston Housing regression) and the practice (CIFAR-10 CNNs)
+# ---------------------------------------------------------------------------------------------
 
-    The exercise has a "Practice" heading; code above it is the recap. Without that heading, a code cell
-    that mentions the Boston data is recap and one that mentions CIFAR is practice.
+RECAP, PRACTICE, OTHER = "recap", "practice", "other"
+# The canonical datasets (grader/provenance.py) and the part that trains on each.
+DATASET_PARTS = {"boston": RECAP, "cifar10": PRACTICE}
+
+# "#Practice", without a space after the hashes, counts as a heading too.
+_HEADING = re.compile(r"^[ \t]*#+[ \t]*(?P<text>\S.*)$", re.M)
+# "Recap ...", "Practice", "2. Practice", "Part 2: Practice": a heading that names a part by its first word.
+_PART_TITLE = re.compile(r"[\W\d_]*(?:part\s+\w+\W+)?(?P<word>recap|practice)\b", re.I)
+_BOSTON_WORD = re.compile(r"boston", re.I)
+_CIFAR_WORD = re.compile(r"cifar|\bcnns?\b", re.I)
+# 32x32x3 images (CIFAR-10) and CNN layers; shapes are matched on the code without comments.
+_CIFAR_SHAPE = re.compile(r"[(\[]\s*(?:(?:None|-?\s*\d+)\s*,\s*)?32\s*,\s*32\s*,\s*3\s*,?\s*[)\]]")
+_CNN_NAME = re.compile(r"conv(?:olution)?2d|pool(?:ing)?2d", re.I)
+
+
+def cell_parts(nb: nbformat.NotebookNode) -> list[str]:
+    """Label each cell ``recap``, ``practice`` or ``other`` from what its code does, then the notebook's headings.
+
+    A code cell that loads or uses the Boston data is recap; one that uses CIFAR-10 or builds a CNN is
+    practice (``_code_part``); a cell that reads names only such cells define follows them. A "Recap" /
+    "Practice" heading (or one naming Boston, CIFAR or a CNN) places the cells below it up to the next such
+    heading, unless code there belongs to the other part; code above a first "Practice" heading is the
+    recap. Any other cell takes the part of the nearest placed code cell after it in its section (the
+    cells up to the next heading), else before it in its section, else the heading's, else the nearest
+    placed code cell before it, else after it; ``other`` when nothing is placed.
     """
-    practice_at = next(
-        (
-            i
-            for i, cell in enumerate(nb.cells)
-            if cell.cell_type == "markdown" and re.search(r"^\s*#+\s*practice\b", cell.source, re.I | re.M)
-        ),
-        None,
-    )
+    return _assign_parts(nb.cells, {})
+
+
+def refine_parts(nb: nbformat.NotebookNode, trained: Iterable[tuple[int | None, str]]) -> list[str]:
+    """``cell_parts`` once the notebook has run: ``trained`` holds (cell index, dataset) for each model fit.
+
+    A cell that trained on the Boston data is recap and one that trained only on CIFAR-10 is practice,
+    whatever its code or headings say; the other cells are placed around them as ``cell_parts`` places
+    cells around code. Fits of unknown data or of no known cell (index ``None``) change nothing.
+    """
+    placed: dict[int, str] = {}
+    for index, dataset in trained:
+        part = DATASET_PARTS.get(dataset)
+        if index is not None and part is not None and 0 <= index < len(nb.cells) and placed.get(index) != RECAP:
+            placed[index] = part
+    return _assign_parts(nb.cells, placed)
+
+
+def _assign_parts(cells: list[nbformat.NotebookNode], anchors: dict[int, str]) -> list[str]:
+    """Every cell's part, given cells already placed by what they trained (``anchors``)."""
+    placed = _follow_names(cells, {**_placed_by_code(cells), **anchors})
+    own_heading = [_heading_part(c.source) if c.cell_type == "markdown" else None for c in cells]
+    in_force = _headings_in_force(own_heading, placed)
+    headed = (c.cell_type == "markdown" and bool(_HEADING.search(c.source)) for c in cells)
+    section = list(itertools.accumulate(int(h) for h in headed))  # a section starts at each heading
+    starts = {s: section.index(s) for s in set(section)}
+    ends = {s: len(section) - section[::-1].index(s) for s in set(section)}
     parts = []
-    for i, cell in enumerate(nb.cells):
-        if practice_at is not None:
-            parts.append("recap" if i < practice_at else "practice")
-        elif re.search(r"boston", cell.source, re.I):
-            parts.append("recap")
-        elif re.search(r"cifar", cell.source, re.I):
-            parts.append("practice")
-        else:
-            parts.append("other")
+    for i, cell in enumerate(cells):
+        part = placed.get(i)
+        if part is None and cell.cell_type == "markdown":
+            part = (in_force[i] if own_heading[i] else None) or _mentioned_part(cell.source)
+        if part is None:
+            part = (
+                _nearest(placed, range(i + 1, ends[section[i]]))
+                or _nearest(placed, range(i - 1, starts[section[i]] - 1, -1))
+                or in_force[i]
+                or _nearest(placed, range(i - 1, -1, -1))
+                or _nearest(placed, range(i + 1, len(cells)))
+                or OTHER
+            )
+        parts.append(part)
     return parts
+
+
+def _nearest(placed: dict[int, str], candidates: Iterable[int]) -> str | None:
+    """The part of the first placed cell among ``candidates``."""
+    return next((placed[j] for j in candidates if j in placed), None)
+
+
+def _placed_by_code(cells: list[nbformat.NotebookNode]) -> dict[int, str]:
+    """Code cells whose own code says which data they work on."""
+    found = {i: _code_part(c.source) for i, c in enumerate(cells) if c.cell_type == "code"}
+    return {i: part for i, part in found.items() if part is not None}
+
+
+def _code_part(source: str) -> str | None:
+    """``recap`` for code that loads or uses the Boston data, ``practice`` for CIFAR-10 or a CNN; recap if both.
+
+    Signals are names (``boston``, ``load_boston``, ``raw_df``; ``cifar10``, ``Conv2D``, ``MaxPooling2D``),
+    strings without spaces (the StatLib URL, a file or dataset name with "boston" or "cifar") and 32x32x3
+    image shapes. Comments and prose in strings do not count. A model merely shaped for 13 features does
+    not use the Boston data; the features themselves are followed by name (``_follow_names``).
+    """
+    names, strings, code = _tokens(source)
+    boston = any(_BOSTON_WORD.search(n) or n == "raw_df" for n in names) or any(_BOSTON_WORD.search(s) for s in strings)
+    if boston:
+        return RECAP
+    cifar = (
+        any(_CIFAR_WORD.search(n) or _CNN_NAME.search(n) for n in names)
+        or any(_CIFAR_WORD.search(s) for s in strings)
+        or bool(_CIFAR_SHAPE.search(code))
+    )
+    return PRACTICE if cifar else None
+
+
+def _tokens(source: str) -> tuple[list[str], list[str], str]:
+    """A cell's names, its string literals without spaces (URLs, paths, dataset names), its code without comments."""
+    names: list[str] = []
+    strings: list[str] = []
+    pieces: list[str] = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                continue
+            if tok.type == tokenize.NAME:
+                names.append(tok.string)
+            elif tok.type == tokenize.STRING:
+                value = tok.string.lstrip("rRbBuUfF").strip("\"'")
+                if value and not any(ch.isspace() for ch in value):
+                    strings.append(value)
+            pieces.append(tok.string)
+    except (tokenize.TokenError, SyntaxError):
+        # Code Python cannot tokenise (an unclosed string or bracket): look at it line by line, comments cut.
+        code = "\n".join(line.split("#", 1)[0] for line in source.splitlines())
+        literals = [m[1] for m in re.findall(r"(['\"])(\S*?)\1", code)]
+        return re.findall(r"[A-Za-z_]\w*", code), [s for s in literals if s], code
+    return names, strings, " ".join(pieces)
+
+
+def _follow_names(cells: list[nbformat.NotebookNode], placed: dict[int, str]) -> dict[int, str]:
+    """``placed`` plus the code cells that read names only one part's placed cells define, until none is left.
+
+    A helper that fits ``X_train_s`` (scaled in the Boston cell) is recap; one that reads ``y_train``,
+    which both parts define, is not placed by it. Imported names do not count.
+    """
+    names = {i: _bound_and_read(c.source) for i, c in enumerate(cells) if c.cell_type == "code"}
+    placed = dict(placed)
+    while True:
+        owners: dict[str, set[str]] = {}
+        for i, part in placed.items():
+            for name in names.get(i, (set(), set()))[0]:
+                owners.setdefault(name, set()).add(part)
+        found = {}
+        for i, (_, read) in names.items():
+            if i in placed:
+                continue
+            read_parts = {next(iter(owners[n])) for n in read if len(owners.get(n, ())) == 1}
+            if len(read_parts) == 1:
+                found[i] = read_parts.pop()
+        if not found:
+            return placed
+        placed.update(found)
+
+
+def _bound_and_read(source: str) -> tuple[set[str], set[str]]:
+    """The names a cell binds at its top level (not imports, not inside functions) and every name it reads."""
+    tree = _parse(source)
+    if tree is None:
+        return set(), set()
+    read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    bound: set[str] = set()
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            bound.add(node.id)
+        elif not isinstance(node, (ast.Import, ast.ImportFrom, ast.Lambda, ast.comprehension)):
+            stack.extend(ast.iter_child_nodes(node))
+    return bound, read
+
+
+def _parse(source: str) -> ast.Module | None:
+    """The cell's code as Python, after IPython's own rewriting of magics if it needs it; None if it does not parse."""
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # deeply nested code does not parse either
+        pass
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        return ast.parse(TransformerManager().transform_cell(source))
+    except Exception:  # student code: any failure means "no names"
+        return None
+
+
+def _heading_part(markdown: str) -> str | None:
+    """The part named by the last heading of a markdown cell that names one."""
+    found = [_title_part(m["text"]) for m in _HEADING.finditer(markdown)]
+    return next((p for p in reversed(found) if p is not None), None)
+
+
+def _title_part(text: str) -> str | None:
+    """A heading's part: "Recap ..." or "Practice ..." by its first word, else the data it mentions, if only one."""
+    title = _PART_TITLE.match(text)
+    if title:
+        return RECAP if title["word"].lower() == "recap" else PRACTICE
+    return _mentioned_part(text)
+
+
+def _mentioned_part(text: str) -> str | None:
+    """``recap`` for text that mentions Boston and not CIFAR or CNNs, ``practice`` for the reverse."""
+    boston, cifar = bool(_BOSTON_WORD.search(text)), bool(_CIFAR_WORD.search(text))
+    if boston == cifar:
+        return None
+    return RECAP if boston else PRACTICE
+
+
+def _headings_in_force(own_heading: list[str | None], placed: dict[int, str]) -> list[str | None]:
+    """For each cell, the part of the last part heading at or above it, where that heading holds.
+
+    A heading holds unless a placed code cell between it and the next part heading belongs to the other
+    part. Above a first heading that says "Practice" is the recap.
+    """
+    starts = [(i, part) for i, part in enumerate(own_heading) if part is not None]
+    if starts and starts[0][1] == PRACTICE:
+        starts.insert(0, (0, RECAP))
+    in_force: list[str | None] = [None] * len(own_heading)
+    for (start, part), end in zip(starts, [s for s, _ in starts[1:]] + [len(own_heading)]):
+        if all(placed.get(j, part) == part for j in range(start, end)):
+            in_force[start:end] = [part] * (end - start)
+    return in_force

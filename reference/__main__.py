@@ -2,7 +2,7 @@
 
     python -m reference baseline --profile smoke --seeds 10
     python -m reference check --profile smoke            # rerun the grading seed, compare with the baseline
-    python -m reference calibrate --profile smoke        # grade the labelled corpus, measure each check's error rates
+    python -m reference calibrate --profile smoke        # grade the labelled corpora, measure each check's error rates
 
 The solution is graded by the same machinery as students (execute, evaluate, identify models), so a
 baseline measures exactly what the checks later compare against.
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--profile", default="smoke", choices=["smoke", "full", "tiny"])
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--data-dir", type=Path, default=None)
-    k = sub.add_parser("calibrate", help="grade the labelled variant corpus over several seeds; write reference/calibration/<profile>.json")
+    k = sub.add_parser("calibrate", help="grade the labelled variant and pattern corpora over several seeds; write reference/calibration/<profile>.json")
     k.add_argument("--profile", default="smoke", choices=["smoke", "full", "tiny"])
     k.add_argument("--seeds", type=int, nargs="+", default=None, help="grading seeds (default 100 101 102)")
     k.add_argument("--variants", type=int, default=85, help="number of variants (default 85)")
@@ -170,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--work", type=Path, default=None, help="keep executions here and reuse them on the next run")
     k.add_argument("--force", action="store_true", help="execute again even what --work already holds")
     k.add_argument("--rejudge", action="store_true", help="judge the executions --work holds again, without executing")
-    k.add_argument("--out", type=Path, default=None)
+    k.add_argument(
+        "--patterns", action=argparse.BooleanOptionalAction, default=True,
+        help="also grade the student-pattern corpus, reference/patterns.py (default: yes)",
+    )
+    k.add_argument("--out", type=Path, default=None, help="write the record here (default reference/calibration/<profile>.json)")
     args = parser.parse_args(argv)
     if args.command == "calibrate":
         from reference import calibrate
@@ -180,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             work = (args.work or Path(tmp)).resolve()
             return calibrate.calibrate(
                 args.profile, seeds, work, args.data_dir, args.parallel, args.variants, args.force, args.out,
-                args.rejudge,
+                args.rejudge, args.patterns,
             )
     with tempfile.TemporaryDirectory(prefix="reference-") as tmp:
         work = Path(tmp)

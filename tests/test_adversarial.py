@@ -21,6 +21,9 @@ than a serial run (see ``test_parallel_grading_grades_each_submission_on_one_wor
 this machine (no bubblewrap, no writable cgroups), the tests assert the documented fallback, using
 ``grader.sandbox.probe()``. Bugs found in the grader are strict xfails whose reason names the file and
 the fix.
+
+The notebooks of ``GRADED_ALONE`` train correct models, so they score; each is left out of the corpus and
+graded by a fixture of its own, in a run of that one notebook.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import base64
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -41,7 +45,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import nbformat
 import pytest
@@ -113,6 +117,10 @@ EXPECTED_STATUS: dict[str, str] = {
     "non_utf8_file_is_reported": "invalid",
     CONTROL: "graded",
 }
+# Notebooks that train correct models, so they score (every corpus notebook scores 0 but the control): each is
+# graded in a run of its own, and checked for which models its grade came from.
+GRADED_ALONE: dict[str, str] = {"overwriting_saved_models_after_training_changes_nothing": "graded"}
+ALONE_OPTIONS = ["--profile", "tiny", "--cell-timeout", "60", "--notebook-timeout", "300", "--memory-limit", MEMORY_LIMIT, "-q"]
 # Outcomes the grader does not reach yet: strict xfails, with the bug (none at present).
 KNOWN_BUGS: dict[str, str] = {}
 INVALID_REASONS = {
@@ -127,11 +135,14 @@ INVALID_REASONS = {
 # ----------------------------------------------------------------------------------------------
 
 
-def generate_corpus(target: Path, values: dict[str, str]) -> list[str]:
-    """Copy every template into ``target`` with ``{{NAME}}`` placeholders filled; make the special files."""
+def generate_corpus(target: Path, values: dict[str, str], only: tuple[str, ...] = ()) -> list[str]:
+    """Copy the templates (those named in ``only``, else all but ``GRADED_ALONE``) into ``target`` with
+    ``{{NAME}}`` placeholders filled; make the special files."""
     target.mkdir(parents=True)
     keys = []
     for template in sorted(TEMPLATES.glob("*.ipynb")):
+        if (template.stem not in only) if only else (template.stem in GRADED_ALONE):
+            continue
         data = template.read_bytes()
         for name, value in values.items():
             data = data.replace(b"{{" + name.encode() + b"}}", value.encode())
@@ -438,19 +449,25 @@ def _write_targets(run: Run) -> list[Path]:
 # ----------------------------------------------------------------------------------------------
 
 
-def results(run: Run, key: str, grades: Path | None = None) -> dict[str, Any]:
+class Graded(Protocol):
+    """A grading run's grades dir: the corpus run (``Run``), or the run of one notebook graded alone."""
+
+    grades: Path
+
+
+def results(run: Graded, key: str, grades: Path | None = None) -> dict[str, Any]:
     return json.loads(((grades or run.grades) / key / "results.json").read_text())
 
 
-def submission(run: Run, key: str) -> dict[str, Any]:
+def submission(run: Graded, key: str) -> dict[str, Any]:
     return results(run, key)["extra_data"]["submission"]
 
 
-def evidence(run: Run, key: str) -> dict[str, Any]:
+def evidence(run: Graded, key: str) -> dict[str, Any]:
     return json.loads((run.grades / ".jobs" / key / "evidence.json").read_text())
 
 
-def executed(run: Run, key: str) -> dict[str, Any]:
+def executed(run: Graded, key: str) -> dict[str, Any]:
     return json.loads((run.grades / key / "executed.ipynb").read_text())
 
 
@@ -460,13 +477,13 @@ def _label_of(source: str | list[str]) -> str:
     return match.group(1) if match else ""
 
 
-def cells(run: Run, key: str) -> dict[str, dict[str, Any]]:
+def cells(run: Graded, key: str) -> dict[str, dict[str, Any]]:
     """Each labelled cell's outcome (``# cell: NAME`` on its first line), by label."""
     index = {i: _label_of(c["source"]) for i, c in enumerate(executed(run, key)["cells"]) if c["cell_type"] == "code"}
     return {index[c["index"]]: c for c in evidence(run, key)["cells"] if index.get(c["index"])}
 
 
-def output(run: Run, key: str, label: str) -> str:
+def output(run: Graded, key: str, label: str) -> str:
     """Everything a labelled cell printed or raised, as text."""
     for cell in executed(run, key)["cells"]:
         if cell["cell_type"] == "code" and _label_of(cell["source"]) == label:
@@ -933,3 +950,77 @@ def test_parallel_grading_grades_each_submission_on_one_worker(tmp_path: Path) -
         workers.setdefault(key, set()).add(worker)
     assert len(workers) == 6, proc.stdout[-3000:]
     assert {k: sorted(v) for k, v in workers.items() if len(v) > 1} == {}
+
+
+# ----------------------------------------------------------------------------------------------
+# Saved models in the grader's custody (graded alone: these notebooks score)
+# ----------------------------------------------------------------------------------------------
+
+OVERWRITING = "overwriting_saved_models_after_training_changes_nothing"
+
+
+@dataclasses.dataclass
+class Alone:
+    """One notebook of ``GRADED_ALONE``, graded in a run of its own."""
+
+    grades: Path
+    returncode: int
+    output: str
+
+
+def grade_alone(base: Path, key: str) -> Alone:
+    corpus, grades = base / "corpus", base / "grades"
+    generate_corpus(corpus, {"REPO": str(ROOT), "CORPUS": str(corpus), "GRADES": str(grades)}, only=(key,))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADER_")}  # settings come from the options only
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "grader/", "--submissions", str(corpus), "--grades-dir", str(grades), *ALONE_OPTIONS],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=GRADING_TIMEOUT, check=False,
+    )
+    return Alone(grades, proc.returncode, proc.stdout + proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def overwriting(tmp_path_factory: pytest.TempPathFactory) -> Alone:
+    return grade_alone(tmp_path_factory.mktemp("overwriting"), OVERWRITING)
+
+
+def _overwrites(run: Graded) -> list[tuple[str, str, str, float]]:
+    """What the overwriting cell printed: (file name, its sha256 before and after, the test MSE of what it wrote)."""
+    found = re.findall(r"OVERWROTE (\S+) (\w+) (\w+) (\S+)", output(run, OVERWRITING, "overwrite"))
+    return [(name, before, after, float(mse)) for name, before, after, mse in found]
+
+
+def test_a_notebook_overwriting_its_saved_models_runs_and_is_graded(overwriting: Alone) -> None:
+    assert overwriting.returncode in (0, 1), overwriting.output[-3000:]
+    assert submission(overwriting, OVERWRITING)["status"] == GRADED_ALONE[OVERWRITING]
+    assert {label: c["status"] for label, c in cells(overwriting, OVERWRITING).items()} == dict.fromkeys(
+        ("data", "l1", "l2", "overwrite"), "ok"
+    )
+    overwrites = _overwrites(overwriting)
+    assert [name for name, *_ in overwrites] == ["fit001.keras", "fit002.keras"]
+    assert all(before != after for _, before, after, _ in overwrites), "the notebook did replace its saved models"
+    assert f"`{OVERWRITING}`" in (ROOT / "docs" / "security.md").read_text()
+
+
+def test_the_grader_keeps_the_saved_models_as_trained(overwriting: Alone) -> None:
+    manifest = json.loads((overwriting.grades / ".jobs" / f".{OVERWRITING}.custody" / "custody.json").read_text())
+    taken = {Path(t["recorded_artifact"]).name: t for t in manifest["taken"]}
+    for name, before, _, _ in _overwrites(overwriting):
+        assert not taken[name]["after_run"], "taken while the notebook ran, before the overwriting cell"
+        assert hashlib.sha256(Path(taken[name]["artifact"]).read_bytes()).hexdigest() == before
+
+
+def test_overwriting_saved_models_after_training_changes_nothing(overwriting: Alone) -> None:
+    models = sorted(evidence(overwriting, OVERWRITING)["models"], key=lambda m: m["fit_index"])
+    printed = []  # what the notebook's own evaluate returned for each model as trained
+    for label in ("l1", "l2"):
+        match = re.search(r"test MSE: (\S+)", output(overwriting, OVERWRITING, label))
+        assert match, output(overwriting, OVERWRITING, label)
+        printed.append(float(match.group(1)))
+    overwritten = [mse for *_, mse in _overwrites(overwriting)]
+    assert len(models) == 2
+    for model, as_trained, as_overwritten in zip(models, printed, overwritten):
+        assert model["metric"] == pytest.approx(as_trained, rel=1e-3)
+        assert model["metric"] != pytest.approx(as_overwritten, rel=1e-3)
+    status = {t["name"]: t["status"] for t in results(overwriting, OVERWRITING)["tests"]}
+    assert status["recap.l1_regularizer"] == status["recap.l2_regularizer"] == "passed"

@@ -28,6 +28,8 @@ from grader.records import (
     ModelEvidence,
     ModelFacts,
     RegularizerFacts,
+    from_jsonable,
+    to_jsonable,
 )
 
 # ------------------------------------------------------------------------------------------------
@@ -264,6 +266,34 @@ def test_other_recap_errors_get_the_generic_hint(rubric: Rubric, bounds: Bounds)
     assert "`Y`" not in result.message
 
 
+def test_a_recap_cell_failing_on_a_keras2_habit_gets_the_keras3_fix(rubric: Rubric, bounds: Bounds) -> None:
+    bad = [CellOutcome(0, "error", 0.1, "recap", "ValueError", "Cannot convert '13' to a shape.")]
+
+    result = verdict(evidence(cells=bad), rubric, bounds, "recap.runs")
+
+    assert "Recap code cell 0 failed with ValueError: Cannot convert '13' to a shape. " in result.message
+    assert "`shape=(13,)`" in result.message
+    assert "Then run the notebook top to bottom before submitting." in result.message
+
+
+def test_a_system_exit_in_the_recap_asks_to_remove_the_call(rubric: Rubric, bounds: Bounds) -> None:
+    bad = [CellOutcome(2, "error", 0.1, "recap", "SystemExit", "")]
+
+    message = verdict(evidence(cells=bad), rubric, bounds, "recap.runs").message
+
+    assert message.startswith("Recap code cell 2 failed with SystemExit. ")
+    assert "remove that call" in message
+
+
+def test_a_long_error_message_is_cut_in_the_feedback(rubric: Rubric, bounds: Bounds) -> None:
+    bad = [CellOutcome(0, "error", 0.1, "recap", "ValueError", "x" * 3000)]
+
+    message = verdict(evidence(cells=bad), rubric, bounds, "recap.runs").message
+
+    assert "x" * (checks.MAX_QUOTED_ERROR - 3) + "..." in message
+    assert "x" * checks.MAX_QUOTED_ERROR not in message
+
+
 def test_practice_errors_do_not_fail_the_recap(rubric: Rubric, bounds: Bounds) -> None:
     ev = evidence(cells=[CellOutcome(0, "ok", 0.1, "recap"), CellOutcome(1, "error", 0.1, "practice", "E", "x")])
 
@@ -349,6 +379,42 @@ def test_no_boston_model_at_all_mentions_the_unmatched_data(rubric: Rubric, boun
     assert "No model trained on the Boston Housing data" in message
     assert "1 model(s) were trained on data the grader could not match" in message
     assert "rows of 12 values" in message
+
+
+def test_no_model_found_names_the_failed_cell_and_its_keras3_fix(rubric: Rubric, bounds: Bounds) -> None:
+    failing = [
+        *cells(recap=3, practice=1),
+        CellOutcome(4, "error", 0.1, "practice", "ValueError", "Argument(s) not recognized: {'lr': 0.001}"),
+        CellOutcome(5, "error", 0.1, "practice", "NameError", "name 'model_l1' is not defined"),
+    ]
+    ev = evidence(cells=failing, models=evidence().models[:2])
+
+    result = verdict(ev, rubric, bounds, "cnn.l1_regularizer")
+
+    assert not result.passed
+    assert "No model trained on CIFAR-10 was found" in result.message
+    assert "practice code cell 4 failed with ValueError: Argument(s) not recognized: {'lr': 0.001}" in result.message
+    assert "(1 later practice cell(s) failed too)" in result.message
+    assert "`learning_rate=`, not `lr=`" in result.message and "learning_rate=0.001" in result.message
+    assert "Make sure the cell that trains it" not in result.message
+    assert result.details["failed_cells"] == [4, 5]
+
+
+def test_no_model_found_after_an_unknown_error_asks_to_fix_that_cell(rubric: Rubric, bounds: Bounds) -> None:
+    failing = [*cells(recap=0), CellOutcome(3, "error", 0.1, "recap", "KeyError", "'MEDV'")]
+    ev = evidence(cells=failing, models=evidence().models[2:])
+
+    message = verdict(ev, rubric, bounds, "recap.l2_regularizer").message
+
+    assert "recap code cell 3 failed with KeyError: 'MEDV'" in message
+    assert "Fix that error so that the cell that trains the model runs." in message
+
+
+def test_no_model_found_without_a_failed_cell_says_to_make_the_training_cell_run(rubric: Rubric, bounds: Bounds) -> None:
+    message = verdict(evidence(models=evidence().models[2:]), rubric, bounds, "recap.l1_regularizer").message
+
+    assert "Make sure the cell that trains it runs without error." in message
+    assert "failed with" not in message
 
 
 def test_a_model_that_could_not_be_loaded_is_described_as_such(rubric: Rubric, bounds: Bounds) -> None:
@@ -538,6 +604,166 @@ def test_correct_printed_metrics_in_common_formats_are_not_flagged(rubric: Rubri
     assert result.passed, result.message
 
 
+def cnn_evaluation(returned: list[float], names: list[str], recomputed: float = 0.63) -> EvaluationEvidence:
+    return EvaluationEvidence(9, "cnn_l2", True, returned, "accuracy", recomputed, None, returned_names=names)
+
+
+def with_history(history: dict[str, list[float]]) -> list[ModelEvidence]:
+    """The correct submission's models, the L2 CNN trained with the metrics ``history`` names."""
+    models = evidence().models
+    return [*models[:3], dataclasses.replace(models[3], history=history)]
+
+
+@pytest.mark.parametrize("names", [["loss"], []])
+def test_a_loss_returned_by_a_model_without_metrics_is_not_compared_with_accuracy(
+    rubric: Rubric, bounds: Bounds, names: list[str]
+) -> None:
+    ev = evidence(evaluations=[cnn_evaluation([1.05], names)], printed=[])
+
+    result = verdict(ev, rubric, bounds, "integrity.reported_metrics")
+
+    assert result.passed, result.message
+    assert "No reported metric could be compared" in result.message
+
+
+def test_evidence_saved_before_returned_names_loads_and_skips_a_lone_loss(rubric: Rubric, bounds: Bounds) -> None:
+    data = to_jsonable(evidence(evaluations=[cnn_evaluation([1.05], ["loss"])], printed=[]))
+    for e in data["evaluations"]:
+        del e["returned_names"]
+
+    loaded = from_jsonable(Evidence, data)
+
+    assert loaded.evaluations[0].returned_names == []
+    assert verdict(loaded, rubric, bounds, "integrity.reported_metrics").passed
+
+
+def test_keras3_compile_metrics_are_compared_as_the_metrics_the_model_was_trained_with(
+    rubric: Rubric, bounds: Bounds
+) -> None:
+    history = {"accuracy": [0.5], "loss": [1.2], "val_accuracy": [0.5], "val_loss": [1.3]}
+    honest = evidence(
+        models=with_history(history), evaluations=[cnn_evaluation([1.05, 0.63], ["loss", "compile_metrics"])], printed=[]
+    )
+    forged = dataclasses.replace(honest, evaluations=[cnn_evaluation([1.05, 0.99], ["loss", "compile_metrics"])])
+
+    assert verdict(honest, rubric, bounds, "integrity.reported_metrics").passed
+    result = verdict(forged, rubric, bounds, "integrity.reported_metrics")
+    assert not result.passed
+    assert "evaluate call 9 returned 1.05, 0.99" in result.message
+
+
+@pytest.mark.parametrize(("returned", "passed"), [([1.05, 1.0, 0.63], True), ([1.05, 0.63, 1.0], True), ([1.05, 1.0, 0.99], False)])
+def test_several_compiled_metrics_are_compared_whatever_their_order(
+    rubric: Rubric, bounds: Bounds, returned: list[float], passed: bool
+) -> None:
+    history = {"accuracy": [0.5], "loss": [1.2], "sparse_top_k_categorical_accuracy": [0.9], "learning_rate": [1e-3]}
+    ev = evidence(models=with_history(history), evaluations=[cnn_evaluation(returned, ["loss", "compile_metrics"])])
+
+    assert verdict(ev, rubric, bounds, "integrity.reported_metrics").passed is passed
+
+
+@pytest.mark.parametrize(
+    ("names", "history"),
+    [
+        (["loss", "compile_metrics"], {"loss": [30.0], "mae": [4.0], "val_loss": [31.0], "val_mae": [4.2]}),
+        (["loss", "mae"], {"loss": [30.0]}),
+    ],
+)
+def test_a_metric_of_another_kind_is_not_compared_with_the_mse(
+    rubric: Rubric, bounds: Bounds, names: list[str], history: dict[str, list[float]]
+) -> None:
+    models = evidence().models
+    recap = dataclasses.replace(models[0], history=history)
+    mae_only = EvaluationEvidence(4, "recap_l1", True, [30.0, 4.1], "mse", 22.0, None, returned_names=names)
+    ev = evidence(models=[recap, *models[1:]], evaluations=[mae_only], printed=[])
+
+    result = verdict(ev, rubric, bounds, "integrity.reported_metrics")
+
+    assert result.passed, result.message
+    assert "No reported metric could be compared" in result.message
+
+
+@pytest.mark.parametrize(("returned", "passed"), [([0.63, 1.05], True), ([0.99, 0.01], False)])
+def test_a_returned_dict_is_compared_by_its_keys(rubric: Rubric, bounds: Bounds, returned: list[float], passed: bool) -> None:
+    ev = evidence(evaluations=[cnn_evaluation(returned, ["accuracy", "loss"])], printed=[])
+
+    result = verdict(ev, rubric, bounds, "integrity.reported_metrics")
+
+    assert result.passed is passed, result.message
+    if not passed:
+        assert "returned accuracy 0.99, loss 0.01" in result.message
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Train accuracy: 0.9512",
+        "Training accuracy = 0.95",
+        "train_acc=0.97",
+        "val_accuracy = 0.412",
+        "Validation accuracy: 0.41",
+        "Accuracy on the training set: 0.97",
+        "Final accuracy after 10 epochs: 0.95",
+        "Epoch 10: accuracy = 0.95",
+        "loss: 1.2300 - accuracy: 0.4500 - val_loss: 1.3000 - val_accuracy: 0.4100",
+        "accuracy: 0.4523 - loss: 1.5432",
+        "313/313 ━━━━━━━━━━━━━━━━━━━━ 2s 5ms/step - accuracy: 0.4523 - loss: 1.5432",
+        "16/16 - 0s - 23ms/step - loss: 1.9363 - mean_squared_error: 1.9363",
+    ],
+)
+def test_a_printed_training_accuracy_is_not_read_as_a_test_metric(rubric: Rubric, bounds: Bounds, line: str) -> None:
+    result = verdict(evidence(printed=[line]), rubric, bounds, "integrity.reported_metrics")
+
+    assert result.passed, result.message
+
+
+@pytest.mark.parametrize(
+    ("line", "passed"),
+    [
+        ("Train accuracy: 0.95, Test accuracy: 0.63", True),
+        ("Train accuracy: 0.95, Test accuracy: 0.99", False),
+        ("Test accuracy after 10 epochs: 0.99", False),
+        ("accuracy on x_test: 0.99", False),
+        ("Test loss: 1.05, Test accuracy: 0.99", False),
+    ],
+)
+def test_a_printed_test_accuracy_is_compared_even_beside_a_training_one(
+    rubric: Rubric, bounds: Bounds, line: str, passed: bool
+) -> None:
+    result = verdict(evidence(printed=[line]), rubric, bounds, "integrity.reported_metrics")
+
+    assert result.passed is passed, result.message
+
+
+def test_the_fake_metrics_sample_is_still_caught(rubric: Rubric, bounds: Bounds) -> None:
+    """submissions/fakes_metrics.ipynb: replaces Model.evaluate (so no CNN evaluate call is recorded) and
+    prints a test accuracy of 0.99 for CNNs whose real accuracy is about 0.15."""
+    history = {"loss": [25.0], "mean_squared_error": [25.0], "val_loss": [24.0], "val_mean_squared_error": [24.0]}
+    recap = [dataclasses.replace(m, history=history) for m in evidence().models[:2]]
+    cnns = [cnn_model("l1", accuracy=0.15), cnn_model("l2", accuracy=0.16)]
+    ev = evidence(
+        models=recap + cnns,
+        evaluations=[
+            EvaluationEvidence(1, "recap_l1", True, [22.01, 22.0], "mse", 22.0, None, ["loss", "compile_metrics"]),
+            EvaluationEvidence(2, "recap_l2", True, [21.02, 21.0], "mse", 21.0, None, ["loss", "compile_metrics"]),
+        ],
+        printed=[
+            "Epoch 100/100",
+            "Mean Squared Error with L1 Regularization: 22.01",
+            "Mean Squared Error with L2 Regularization: 21.02",
+            "16/16 ━━━━━━━━━━━━━━━━━━━━ 0s 2ms/step - accuracy: 0.1320 - loss: 2.9000",
+            "Test accuracy: 0.99",
+            "Test accuracy: 0.99",
+        ],
+    )
+
+    result = verdict(ev, rubric, bounds, "integrity.reported_metrics")
+
+    assert not result.passed
+    assert result.message.count("prints accuracy 0.99, which matches no metric") == 1
+    assert "Mean Squared Error" not in result.message and "22.01" not in result.message
+
+
 # ------------------------------------------------------------------------------------------------
 # Bounds
 # ------------------------------------------------------------------------------------------------
@@ -695,3 +921,63 @@ def test_failed_all_fails_every_check_with_the_same_message(rubric: Rubric) -> N
     assert [r.id for r in results] == list(CHECK_IDS)
     assert all(not r.passed and r.score == 0 and r.message == "the notebook is not valid JSON" for r in results)
     assert sum(r.max_score for r in results) == rubric.max_score
+
+
+def test_a_megabytes_long_printed_line_is_read_in_bounded_time() -> None:
+    import time
+
+    from grader.checks import printed_test_metrics
+
+    started = time.perf_counter()
+    assert printed_test_metrics("x" * 3_000_000) == []
+    assert printed_test_metrics("ab: 1 - " * 200_000) == []
+    assert time.perf_counter() - started < 2.0  # a backtracking pattern takes hours on these
+
+
+# ---- penalties that never entered the loss; leakage judged from the model's behaviour ----------
+
+
+def test_a_penalty_set_after_the_layers_were_built_fails_and_says_how_to_fix_it(rubric: Rubric, bounds: Bounds) -> None:
+    untrained = dataclasses.replace(cnn_model(None), untrained_penalties=["conv2d", "dense"])
+    ev = evidence(models=[*evidence().models[:2], untrained, cnn_model("l2")])
+    result = verdict(ev, rubric, bounds, "cnn.l1_regularizer")
+
+    assert not result.passed
+    assert "set after the layers were built" in result.message
+    assert "clone_model" in result.message and "'conv2d'" in result.message
+
+
+def test_a_loop_that_never_added_model_losses_is_told_to_add_them(rubric: Rubric, bounds: Bounds) -> None:
+    untrained = dataclasses.replace(
+        cnn_model(None), untrained_penalties=["dense"], penalty_note="the training loop never added model.losses to its loss"
+    )
+    ev = evidence(models=[*evidence().models[:2], untrained, cnn_model("l2")])
+    result = verdict(ev, rubric, bounds, "cnn.l1_regularizer")
+
+    assert not result.passed and "tf.add_n(model.losses)" in result.message
+
+
+@pytest.mark.parametrize(
+    ("test_acc", "train_acc", "flagged"),
+    [
+        pytest.param(0.62, 0.70, False, id="usual-generalisation-gap"),
+        pytest.param(0.40, 0.38, False, id="no-gap-within-noise"),
+        pytest.param(0.49, 0.26, True, id="far-better-on-test-images"),
+    ],
+)
+def test_a_model_far_better_on_test_images_than_on_training_images_is_reported(
+    rubric: Rubric, bounds: Bounds, test_acc: float, train_acc: float, flagged: bool
+) -> None:
+    suspicious = dataclasses.replace(cnn_model("l2", accuracy=test_acc), train_metric=train_acc, metric_rows=[1000, 1000])
+    ev = evidence(models=[*evidence().models[:3], suspicious])
+    result = verdict(ev, rubric, bounds, "integrity.no_test_leakage")
+
+    assert result.passed is not flagged
+    if flagged:
+        assert "more accurate on the test images" in result.message
+
+
+def test_behaviour_is_not_judged_without_training_predictions(rubric: Rubric, bounds: Bounds) -> None:
+    ev = evidence(models=[*evidence().models[:3], dataclasses.replace(cnn_model("l2", accuracy=0.9), train_metric=None)])
+
+    assert verdict(ev, rubric, bounds, "integrity.no_test_leakage").passed

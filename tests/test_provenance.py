@@ -325,3 +325,175 @@ def test_label_affine_of_multi_column_targets_is_none(boston: Canonical, record:
     match = identify_array(boston.x_train, boston, record)
 
     assert label_affine(np.zeros((60, 2)), match, boston) is None
+
+
+# ------------------------------------------------------------------------------------------------
+# Images prepared beyond one per-channel affine map, and augmented
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photos() -> Canonical:
+    """32x32 colour images with smooth structure, like photographs: a shifted copy is another image."""
+    rng = np.random.default_rng(7)
+    coarse = rng.uniform(0, 255, size=(360, 8, 8, 3))
+    x = np.repeat(np.repeat(coarse, 4, axis=1), 4, axis=2) + rng.normal(0, 12, size=(360, 32, 32, 3))
+    x = np.clip(x, 0, 255).astype(np.uint8)
+    y = rng.integers(0, 10, size=(360, 1), dtype=np.uint8)
+    return make_canonical("cifar10", x[:300], y[:300], x[300:], y[300:], channels=3)
+
+
+def photo_split(canon: Canonical, split: str = "train") -> np.ndarray:
+    rows = canon.x_train if split == "train" else canon.x_test
+    return rows.reshape(len(rows), *canon.sample_shape)
+
+
+def per_image_standardisation(x: np.ndarray) -> np.ndarray:
+    """What tf.image.per_image_standardization computes, per image."""
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    mean = flat.mean(axis=1, keepdims=True)
+    std = np.maximum(flat.std(axis=1, keepdims=True), 1 / np.sqrt(flat.shape[1]))
+    return ((flat - mean) / std).reshape(x.shape).astype(np.float32)
+
+
+def prepared_test_inputs(canon: Canonical, match: DataMatch) -> np.ndarray:
+    """The canonical test images as the evaluator gets them for this match (grade + evaluate)."""
+    from grader.evaluate import _prepare_inputs
+
+    rows = canon.base_transform(canon.x_test, match.mode)
+    return _prepare_inputs_from(rows, canon, match, _prepare_inputs)
+
+
+def _prepare_inputs_from(rows: np.ndarray, canon: Canonical, match: DataMatch, prepare: Any) -> np.ndarray:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.npy"
+        np.save(path, rows.reshape(len(rows), *canon.sample_shape), allow_pickle=False)
+        spec = {
+            "x_file": str(path), "channels": match.channels, "scale": match.scale, "shift": match.shift,
+            "sample_shape": match.sample_shape,
+        }
+        return np.asarray(prepare(spec))
+
+
+def test_per_image_standardised_images_are_verified_and_their_test_inputs_reproduced(photos: Canonical, record: Any) -> None:
+    match = identify_array(per_image_standardisation(photo_split(photos) / 255.0), photos, record)
+
+    assert match.verified and match.mode == "image_std"
+    assert match.matched_rows == 300
+    expected = per_image_standardisation(photo_split(photos, "test") / 255.0)
+    assert np.allclose(prepared_test_inputs(photos, match), expected, atol=1e-3)
+
+
+def test_mean_image_subtraction_is_verified_and_reproduced(photos: Canonical, record: Any) -> None:
+    train = photo_split(photos) / 255.0
+    mean_image = train.mean(axis=0)
+    match = identify_array((train - mean_image).astype(np.float32), photos, record)
+
+    assert match.verified and match.mode == "mean_image"
+    expected = photo_split(photos, "test") / 255.0 - mean_image
+    assert np.allclose(prepared_test_inputs(photos, match), expected, atol=1e-4)
+
+
+def test_per_pixel_z_scores_with_the_training_statistics_are_verified(photos: Canonical, record: Any) -> None:
+    train = photo_split(photos).astype(np.float64)
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    match = identify_array((train - mean) / std, photos, record)
+
+    assert match.verified and match.mode == "pixel_zscore"
+    expected = (photo_split(photos, "test") - mean) / std
+    assert np.allclose(prepared_test_inputs(photos, match), expected, atol=1e-4)
+
+
+def test_global_z_scores_in_float64_stay_a_per_channel_map(photos: Canonical, record: Any) -> None:
+    train = photo_split(photos).astype(np.float64)
+    match = identify_array((train - train.mean()) / train.std(), photos, record)
+
+    assert match.verified and match.mode == "channel"
+
+
+def test_a_training_set_extended_with_its_mirror_images_is_verified(photos: Canonical, record: Any) -> None:
+    train = photo_split(photos) / 255.0
+    match = identify_array(np.concatenate([train, train[:, :, ::-1]]).astype(np.float32), photos, record)
+
+    assert match.verified and match.matched_rows == 600
+    assert match.mirrored_rows == 300
+    assert match.distinct_train_rows == 300 and match.distinct_test_rows == 0
+    assert np.allclose(match.scale, 1 / 255, rtol=1e-4)
+
+
+def shifted(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random shifts of 1-4 pixels with edge filling, as ImageDataGenerator's shift ranges do."""
+    out = np.empty_like(images)
+    for i, img in enumerate(images):
+        dy, dx = rng.integers(1, 5, size=2) * rng.choice([-1, 1], size=2)
+        padded = np.pad(img, ((4, 4), (4, 4), (0, 0)), mode="edge")
+        out[i] = padded[4 + dy : 36 + dy, 4 + dx : 36 + dx]
+    return out
+
+
+def test_an_augmented_stream_is_verified_from_its_unaugmented_rows(photos: Canonical, record: Any) -> None:
+    rng = np.random.default_rng(3)
+    train = photo_split(photos) / 255.0
+    flips = rng.random(300) < 0.5
+    batch = np.where(flips[:, None, None, None], train[:, :, ::-1], train)
+    moved = rng.random(300) < 0.8
+    batch[moved] = shifted(batch[moved], rng)
+    match = identify_array(batch.astype(np.float32), photos, record)
+
+    assert match.verified and match.augmented
+    assert 0 < match.matched_rows < 0.9 * 300
+    assert np.allclose(match.scale, 1 / 255, rtol=1e-3)
+    assert match.distinct_test_rows == 0
+
+
+def test_test_images_in_an_augmented_stream_are_reported(photos: Canonical, record: Any) -> None:
+    rng = np.random.default_rng(4)
+    everything = np.concatenate([photo_split(photos), photo_split(photos, "test")]) / 255.0
+    moved = rng.random(len(everything)) < 0.7
+    everything[moved] = shifted(everything[moved], rng)
+    match = identify_array(everything.astype(np.float32), photos, record)
+
+    assert match.verified
+    assert match.distinct_test_rows > 0
+
+
+def test_images_augmented_beyond_recognition_still_name_their_dataset_unverified(photos: Canonical, record: Any) -> None:
+    train = photo_split(photos) / 255.0
+    rotated = np.rot90(train, k=1, axes=(1, 2)).copy()  # every row changed
+    match = identify_array(rotated.astype(np.float32), photos, record)
+
+    assert match.dataset == "cifar10" and not match.verified
+    assert "shape" in match.note
+
+
+def test_random_noise_of_a_dataset_shape_is_never_verified(photos: Canonical, record: Any) -> None:
+    noise = np.random.default_rng(5).uniform(0, 1, size=(200, 32, 32, 3)).astype(np.float32)
+    match = identify_array(noise, photos, record)
+
+    assert not match.verified and match.matched_rows == 0
+
+
+def test_test_images_a_grey_level_or_two_off_in_the_training_data_are_reported(images: Canonical, record: Any) -> None:
+    rng = np.random.default_rng(9)
+    noisy_test = np.clip(photo_split_of(images, "test") + rng.integers(-2, 3, size=(10, 8, 8, 3)), 0, 255)
+    training = np.concatenate([photo_split_of(images, "train"), noisy_test]).astype(np.float32) / 255.0
+    match = identify_array(training, images, record)
+
+    assert match.verified
+    assert match.distinct_test_rows == 10
+
+
+def test_noise_augmented_training_rows_are_not_taken_for_test_rows(images: Canonical, record: Any) -> None:
+    rng = np.random.default_rng(10)
+    noisy = np.clip(photo_split_of(images, "train") + rng.integers(-2, 3, size=(40, 8, 8, 3)), 0, 255)
+    training = np.concatenate([photo_split_of(images, "train"), noisy]).astype(np.float32) / 255.0
+    match = identify_array(training, images, record)
+
+    assert match.distinct_test_rows == 0
+
+
+def photo_split_of(canon: Canonical, split: str) -> np.ndarray:
+    rows = canon.x_train if split == "train" else canon.x_test
+    return rows.reshape(len(rows), *canon.sample_shape)

@@ -16,6 +16,7 @@ from grader.submissions import (
     discover,
     neutralise_magics,
     read_notebook,
+    refine_parts,
     strip_execution_metadata,
 )
 
@@ -412,12 +413,12 @@ def test_practice_heading_is_case_insensitive_and_any_level() -> None:
 
 def test_practice_in_a_code_comment_or_plain_text_is_not_the_heading() -> None:
     nb = notebook(
-        code("# Practice\nx = 1  # mentions boston"),
+        code("# Practice\nraw_df = pd.read_csv(DATA_URL)"),
         markdown("Practice makes perfect, see cifar"),
         code("y = 2"),
     )
 
-    assert cell_parts(nb) == ["recap", "practice", "other"]
+    assert cell_parts(nb) == ["recap", "practice", "recap"]
 
 
 def test_without_a_practice_heading_boston_and_cifar_mentions_decide() -> None:
@@ -428,4 +429,206 @@ def test_without_a_practice_heading_boston_and_cifar_mentions_decide() -> None:
         markdown("## Boston housing"),
     )
 
-    assert cell_parts(nb) == ["recap", "practice", "other", "recap"]
+    assert cell_parts(nb) == ["recap", "practice", "practice", "recap"]
+
+
+BOSTON_CELL = """import pandas as pd
+raw_df = pd.read_csv("http://lib.stat.cmu.edu/datasets/boston", sep=r"\\s+", skiprows=22, header=None)
+X = np.hstack([raw_df.values[::2, :], raw_df.values[1::2, :2]])
+y = raw_df.values[1::2, 2]
+X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=42)"""
+CIFAR_CELL = "(x_train, y_train), (x_test, y_test) = tf.keras.datasets.cifar10.load_data()"
+
+
+@pytest.mark.parametrize(
+    ("source", "part"),
+    [
+        (BOSTON_CELL, "recap"),
+        ("from sklearn.datasets import load_boston\nhouses = load_boston()", "recap"),
+        ("prices = pd.read_csv('data/BostonHousing.csv')['medv']", "recap"),
+        (CIFAR_CELL, "practice"),
+        ("images = tfds.load('cifar10', split='train')", "practice"),
+        ("net = Sequential([Conv2D(16, 3, activation='relu'), MaxPooling2D()])", "practice"),
+        ("inputs = keras.Input(shape=(32, 32, 3))", "practice"),
+        ("x = x.reshape(-1, 32, 32, 3)", "practice"),
+        ("# Load the Boston data, then the CIFAR-10 images\nprint('Boston results below')\nscore = 1", "other"),
+    ],
+)
+def test_a_code_cell_is_placed_by_the_data_its_code_uses(source: str, part: str) -> None:
+    assert cell_parts(notebook(code(source))) == [part]
+
+
+def test_a_practice_heading_above_the_recap_code_does_not_make_it_practice() -> None:
+    nb = notebook(
+        markdown("# Practice 7: L1 and L2 regularization"),
+        code("import numpy as np\nimport tensorflow as tf"),
+        code(BOSTON_CELL),
+        code("model.fit(X_train, y_train, epochs=5)"),
+        markdown("## Practice\n\nRetrain the Task 2 model with a weight penalty."),
+        code(CIFAR_CELL),
+        code("cnn.fit(x_train, y_train, epochs=2)"),
+    )
+
+    assert cell_parts(nb) == ["recap", "recap", "recap", "recap", "practice", "practice", "practice"]
+
+
+def test_a_practice_heading_places_the_cells_whose_code_says_nothing() -> None:
+    nb = notebook(
+        markdown("## Recap on Regularization"),
+        code(BOSTON_CELL),
+        markdown("## Practice"),
+        code("# Build the model\n# Use L1 regularization\n...\n\n# Train the model\n..."),
+    )
+
+    assert cell_parts(nb) == ["recap", "recap", "practice", "practice"]
+
+
+def test_cells_without_data_follow_the_part_they_serve() -> None:
+    nb = notebook(
+        code("import numpy as np\nimport matplotlib.pyplot as plt"),
+        code(BOSTON_CELL),
+        code("def show(history):\n    plt.plot(history.history['loss'])\n    plt.show()"),
+        code(CIFAR_CELL),
+        code("show(cnn.fit(x_train, y_train))"),
+        code("plt.show()"),
+    )
+
+    assert cell_parts(nb) == ["recap", "recap", "practice", "practice", "practice", "practice"]
+
+
+def test_a_cell_that_uses_names_only_the_boston_code_defines_is_recap() -> None:
+    nb = notebook(
+        code(BOSTON_CELL + "\nX_train_s = scaler.fit_transform(X_train)"),
+        markdown("## Practice"),
+        code("def train(reg):\n    model = build(reg)\n    model.fit(X_train_s, y_train)\n    return model"),
+        code("%matplotlib inline\nl1 = train('l1')"),
+        code(CIFAR_CELL),
+        code("print(y_train.shape)"),
+    )
+
+    assert cell_parts(nb) == ["recap", "recap", "recap", "recap", "practice", "practice"]
+
+
+def test_notebook_without_headings_is_split_by_its_data() -> None:
+    nb = notebook(
+        code(CIFAR_CELL),
+        code("cnn = build_cnn('l1')\ncnn.fit(x_train / 255, y_train)"),
+        code(BOSTON_CELL),
+        code("mse = model.evaluate(X_test, y_test)"),
+    )
+
+    assert cell_parts(nb) == ["practice", "practice", "recap", "recap"]
+
+
+def test_parts_in_the_other_order_are_placed_by_their_code() -> None:
+    nb = notebook(
+        markdown("## Practice"),
+        code(CIFAR_CELL),
+        markdown("## Recap"),
+        code(BOSTON_CELL),
+        code("..."),
+    )
+
+    assert cell_parts(nb) == ["practice", "practice", "recap", "recap", "recap"]
+
+
+def test_a_duplicated_practice_heading_holds_only_where_the_code_agrees() -> None:
+    nb = notebook(
+        markdown("## Practice"),
+        code(BOSTON_CELL),
+        code("print('recap done')"),
+        markdown("## Practice"),
+        code("# Build the model\n..."),
+    )
+
+    assert cell_parts(nb) == ["recap", "recap", "recap", "practice", "practice"]
+
+
+def test_a_shared_imports_cell_at_the_top_goes_with_the_part_below_it() -> None:
+    nb = notebook(
+        markdown("# L1 and L2 regularization"),
+        code("import numpy as np\nimport tensorflow as tf"),
+        markdown("## Recap"),
+        code(BOSTON_CELL),
+        markdown("## Practice"),
+        code(CIFAR_CELL),
+    )
+
+    assert cell_parts(nb) == ["recap", "recap", "recap", "recap", "practice", "practice"]
+
+
+def test_a_notebook_without_data_or_part_headings_is_all_other() -> None:
+    nb = notebook(markdown("# Notes"), code("x = 1"), code("print(x)"))
+
+    assert cell_parts(nb) == ["other", "other", "other"]
+
+
+# A notebook whose code shows no data: the heading alone would make the recap practice.
+UNMARKED = (
+    markdown("## Practice"),
+    code("features, prices = load_table()\nmodel.fit(features, prices)"),
+    code("print(model.evaluate(features, prices))"),
+    code("net.fit(pixels, classes)"),
+)
+
+
+def test_a_cell_that_trained_on_boston_is_recap_whatever_its_heading() -> None:
+    nb = notebook(*UNMARKED)
+
+    assert cell_parts(nb) == ["practice"] * 4
+    assert refine_parts(nb, [(1, "boston"), (3, "cifar10")]) == ["recap", "recap", "recap", "practice"]
+
+
+def test_a_cell_that_trained_on_cifar10_is_practice_whatever_its_heading() -> None:
+    nb = notebook(
+        markdown("## Recap"),
+        code(BOSTON_CELL),
+        code("net.fit(pixels, classes)"),
+        markdown("## Practice"),
+        code("..."),
+    )
+
+    assert cell_parts(nb) == ["recap", "recap", "recap", "practice", "practice"]
+    assert refine_parts(nb, [(1, "boston"), (2, "cifar10")]) == ["recap", "recap", "practice", "practice", "practice"]
+
+
+def test_cells_between_training_cells_follow_them() -> None:
+    nb = notebook(
+        code("import numpy as np"),
+        code("model.fit(features, prices)"),
+        code("plot(model)"),
+        code("net.fit(pixels, classes)"),
+        code("plot(net)"),
+    )
+
+    assert refine_parts(nb, [(1, "boston"), (3, "cifar10")]) == ["recap", "recap", "practice", "practice", "practice"]
+
+
+@pytest.mark.parametrize("trained", [[(0, "cifar10"), (0, "boston")], [(0, "boston"), (0, "cifar10")]])
+def test_a_cell_that_trained_on_both_datasets_is_recap(trained: list[tuple[int | None, str]]) -> None:
+    nb = notebook(code("fit_everything()"), markdown("## Practice"), code("..."))
+
+    assert refine_parts(nb, trained) == ["recap", "practice", "practice"]
+
+
+def test_fits_of_unknown_data_or_of_no_known_cell_change_nothing() -> None:
+    nb = notebook(*UNMARKED)
+
+    assert refine_parts(nb, [(None, "boston"), (1, "unknown"), (99, "cifar10"), (-1, "boston")]) == cell_parts(nb)
+    assert refine_parts(nb, []) == cell_parts(nb)
+
+
+def test_a_heading_without_a_space_after_the_hashes_still_counts() -> None:
+    nb = notebook(code("a = 1"), markdown("#Practice"), code("b = 2"))
+
+    assert cell_parts(nb) == ["recap", "practice", "practice"]
+
+
+def test_code_too_deeply_nested_to_parse_is_placed_without_error() -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell('raw_df = pd.read_csv("http://lib.stat.cmu.edu/datasets/boston")'),
+        nbformat.v4.new_code_cell("x = " + "(" * 100_000 + "1" + ")" * 100_000),
+    ]
+
+    assert cell_parts(nb) == ["recap", "recap"]
