@@ -67,16 +67,19 @@ def channel_stats(cols: Any, block_values: int = 1 << 16) -> list[dict[str, floa
         block_mean = block.mean(axis=axis)
         block -= np.expand_dims(block_mean, axis)
         np.square(block, out=block)
-        delta = block_mean - mean
-        total = count + size
-        mean = mean + delta * (size / total)
-        m2 = m2 + block.sum(axis=axis) + delta**2 * (count * size / total)
-        count = total
+        count, mean, m2 = combine_moments(count, mean, m2, size, block_mean, block.sum(axis=axis))
     std = np.sqrt(np.maximum(m2, 0.0) / count)
     return [
         {"mean": float(mean[j]), "std": float(std[j]), "min": float(low[j]), "max": float(high[j])}
         for j in range(n_cols)
     ]
+
+
+def combine_moments(count: int, mean: Any, m2: Any, size: int, part_mean: Any, part_m2: Any) -> tuple[int, Any, Any]:
+    """Count, mean and sum of squared deviations of two parts together (Chan et al.'s pairwise update)."""
+    total = count + size
+    delta = part_mean - mean
+    return total, mean + delta * (size / total), m2 + part_m2 + delta**2 * (count * size / total)
 
 
 def _hash_beside(data: Any, work: Any) -> tuple[str, Any]:
@@ -240,15 +243,7 @@ class RowTap:
             self._stats = (count, mean, m2, low, high)
             return
         n0, mean0, m20, low0, high0 = self._stats
-        total = n0 + count
-        delta = mean - mean0
-        self._stats = (
-            total,
-            mean0 + delta * (count / total),
-            m20 + m2 + delta**2 * (n0 * count / total),
-            np.minimum(low0, low),
-            np.maximum(high0, high),
-        )
+        self._stats = (*combine_moments(n0, mean0, m20, count, mean, m2), np.minimum(low0, low), np.maximum(high0, high))
 
     def fingerprints(self, samples_stem: Path, relative_to: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         """The recorded rows as ``fingerprint_array`` describes an array: ``(x, y)`` fingerprints."""
@@ -647,11 +642,11 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
     # ---- evaluate and the other Keras loops --------------------------------------------------------
 
     def evaluate(self: Any, *args: Any, **kwargs: Any) -> Any:
-        tap = None
+        tap, params = None, None
         if not counters["in_fit"]:
             with contextlib.suppress(Exception):
-                given = evaluate_signature.bind(self, *args, **kwargs).arguments.get("x")
-                tap = RowTap(_stream_origin(given)) if is_stream(given) else None
+                params = dict(evaluate_signature.bind(self, *args, **kwargs).arguments)
+                tap = RowTap(_stream_origin(params.get("x"))) if is_stream(params.get("x")) else None
         counters["in_keras"] += 1
         taps["next"] = tap  # a stream's batches are recorded as evaluate draws them, like fit's
         try:
@@ -659,11 +654,9 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
         finally:
             taps["next"] = None
             counters["in_keras"] -= 1
-        if counters["in_fit"]:
+        if counters["in_fit"] or params is None:
             return result  # fit's own validation passes are not the student's evaluate calls
         try:
-            bound = evaluate_signature.bind(self, *args, **kwargs)
-            params = dict(bound.arguments)
             index = counters["evaluate"] = counters["evaluate"] + 1
             tag = f"eval{index:03d}"
             values = result if isinstance(result, (list, tuple)) else [result]

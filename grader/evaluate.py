@@ -156,10 +156,7 @@ def evaluate_model(entry: dict[str, Any], out_dir: Path, pred_name: str | None =
         return facts
     try:
         x = _prepare_inputs(spec)
-        if source == "keras":
-            preds = predictor.predict(x, batch_size=PREDICT_BATCH, verbose=0)
-        else:
-            preds = np.concatenate([np.asarray(predictor(x[i : i + PREDICT_BATCH])) for i in range(0, len(x), PREDICT_BATCH)])
+        preds = _predict(predictor, source, x)
         if isinstance(preds, (list, tuple)):
             raise ValueError(f"the model has {len(preds)} outputs; one was expected")
         preds = np.asarray(preds, dtype=np.float32)
@@ -175,16 +172,19 @@ def evaluate_model(entry: dict[str, Any], out_dir: Path, pred_name: str | None =
     try:
         # The same model on canonical *training* rows, prepared the same way: a model that does better on
         # the test rows than on rows it was trained on was trained on the test set, whatever was recorded.
-        x = _prepare_inputs(spec, "train_x_file")
-        if source == "keras":
-            preds = predictor.predict(x, batch_size=PREDICT_BATCH, verbose=0)
-        else:
-            preds = np.concatenate([np.asarray(predictor(x[i : i + PREDICT_BATCH])) for i in range(0, len(x), PREDICT_BATCH)])
+        preds = _predict(predictor, source, _prepare_inputs(spec, "train_x_file"))
         out = out_dir / (pred_name or f"pred_{index:03d}.npy").replace(".npy", "_train.npy")
         np.save(out, np.asarray(preds, dtype=np.float32), allow_pickle=False)
         return _replace(facts, train_predictions_file=out.name)
     except Exception:
         return facts  # the test predictions stand; only the comparison with training rows is missing
+
+
+def _predict(predictor: Any, source: str, x: np.ndarray) -> Any:
+    """A reloaded model's outputs for ``x``: Keras's ``predict``, or the exported graph's ``serve`` in batches."""
+    if source == "keras":
+        return predictor.predict(x, batch_size=PREDICT_BATCH, verbose=0)
+    return np.concatenate([np.asarray(predictor(x[i : i + PREDICT_BATCH])) for i in range(0, len(x), PREDICT_BATCH)])
 
 
 def _replace(facts: ModelFacts, **changes: Any) -> ModelFacts:

@@ -522,6 +522,7 @@ class Grader:
                 error = f"the model could not predict on the test inputs ({f.prediction_error})"
             else:
                 metric, error = self._score(job_dir / f.predictions_file, match.dataset, label_map)
+            drawn = not match.verified and self._drawn_from_verified(job_dir, fit, match)
             train_metric = None
             if metric is not None and f is not None and f.train_predictions_file:
                 train_metric, _ = self._score(job_dir / f.train_predictions_file, match.dataset, label_map, split="train")
@@ -532,9 +533,9 @@ class Grader:
                     fit_indices=[x.index for x in all_fits[fit.model_key]],
                     cell=cell_of.get(fit.cell) if fit.cell is not None else None,
                     dataset=match.dataset,
-                    data_verified=match.verified or self._drawn_from_verified(job_dir, fit, match),
+                    data_verified=match.verified or drawn,
                     data_note=match.note
-                    if match.verified or not self._drawn_from_verified(job_dir, fit, match)
+                    if match.verified or not drawn
                     else f"its batches were augmented beyond recognition ({match.note}); the arrays they were drawn "
                     f"from are {match.dataset} rows",
                     train_rows=match.rows,

@@ -402,19 +402,9 @@ def _identify_per_channel(fp: ArrayFingerprint, samples: np.ndarray | None, cano
     back = (samples[probe_idx] - shift[ch]) / scale[ch]
     idx, dist = _nearest(back, canon)
     good = dist < ROUGH_TOLERANCE
-    student_vals = samples[probe_idx][good]
-    canon_vals = pool[idx[good]]
-    new_scale, new_shift = scale.copy(), shift.copy()
-    for c in range(canon.channels):
-        mask = ch == c
-        if not mask.any():
-            continue
-        xs = canon_vals[:, mask].reshape(-1)
-        ys = student_vals[:, mask].reshape(-1)
-        if xs.size >= 2 and np.ptp(xs) > 0:
-            a, b = np.polyfit(xs, ys, 1)
-            if a != 0:
-                new_scale[c], new_shift[c] = a, b
+    fit_scale, fit_shift = _per_channel_fit(pool[idx[good]], samples[probe_idx][good], ch, canon.channels, (scale, shift))
+    usable = fit_scale != 0  # a degenerate fit keeps the candidate's map
+    new_scale, new_shift = np.where(usable, fit_scale, scale), np.where(usable, fit_shift, shift)
     back_all = (samples - new_shift[ch]) / new_scale[ch]
     if canon.integer_valued:
         # Pixel values are integers: after exact rescaling, rows match byte for byte (fast for 50,000 rows).
@@ -492,7 +482,6 @@ def _identify_by_signature(fp: ArrayFingerprint, samples: np.ndarray, canon: Can
     # Every row, strictly: in each view its preparation can be seen in, the nearest signature must be
     # the row itself once prepared.
     spread = np.array([max(float(samples[:, ch == c].std()), 1e-12) for c in range(canon.channels)])[ch]
-    n_pool = len(canon.x_train) + len(canon.x_test)
     chosen = np.full(rows, -1, dtype=np.int64)
     mirrored = np.zeros(rows, dtype=bool)
     views = ("as_is", "mirrored") if mode in VIEWS["as_is"] else (view,)
@@ -524,7 +513,6 @@ def _identify_by_signature(fp: ArrayFingerprint, samples: np.ndarray, canon: Can
             if augmented
             else f"only {matched} of {rows} rows matched {canon.name} after preparing it ({why or 'too few rows'})"
         )
-    assert n_pool >= n_train
     return DataMatch(
         dataset=canon.name,
         verified=verified,
@@ -543,9 +531,16 @@ def _identify_by_signature(fp: ArrayFingerprint, samples: np.ndarray, canon: Can
     )
 
 
-def _per_channel_fit(base: np.ndarray, student: np.ndarray, ch: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares ``student = scale * base + shift`` per channel."""
-    scale, shift = np.ones(channels), np.zeros(channels)
+def _per_channel_fit(
+    base: np.ndarray,
+    student: np.ndarray,
+    ch: np.ndarray,
+    channels: int,
+    start: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares ``student = scale * base + shift`` per channel; a channel with too little to fit on
+    keeps ``start`` (the identity map by default)."""
+    scale, shift = (start[0].copy(), start[1].copy()) if start else (np.ones(channels), np.zeros(channels))
     for c in range(channels):
         xs = base[:, ch == c].reshape(-1)
         ys = student[:, ch == c].reshape(-1)
