@@ -369,11 +369,11 @@ def check_executed(path: Path, expect: str) -> list[str]:
 
 
 def read_results(grades: Path) -> dict[str, SubmissionResult]:
-    """Every submission's result in a grades dir, as the grader wrote it (``<key>/results.json``)."""
+    """Every submission's result in a grades dir, as the grader wrote it (``students/<key>/results.json``)."""
     from grader import report
 
     out = {}
-    for path in sorted(grades.glob("*/results.json")):
+    for path in sorted(grades.glob("students/*/results.json")):
         result = report.read_result(grades, path.parent.name)
         if result is not None:
             out[result.key] = result

@@ -47,7 +47,7 @@ def grade_once(side: Path, notebook: Path, profile: str, grades: Path) -> dict[s
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"grading with {side} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     out: dict[str, float] = {"wall": wall}
-    results = list(grades.glob("*/results.json"))
+    results = list(grades.glob("students/*/results.json"))
     if results:
         data = json.loads(results[0].read_text())
         out["score"] = float(data.get("score", 0.0))

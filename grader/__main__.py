@@ -17,37 +17,34 @@ import time
 from pathlib import Path
 from typing import Any
 
+from grader import options
+from grader.options import UsageError
+from grader.outputs import student_dir
 from grader.records import SubmissionResult
 
-PROFILES = ("tiny", "smoke", "full")
+PROFILES = options.PROFILES
 DEFAULT_GRADES_DIR = "grades-selfcheck"
 
 
-class UsageError(Exception):
-    """A problem with the command line: reported with exit status 2."""
+def _argument(parser: argparse.ArgumentParser, name: str, help_text: str, default: str | None = None) -> None:
+    """Offer one of the grader's settings (grader/options.py): its flag, its parser, its environment variable."""
+    setting = options.SETTINGS[name]
 
-
-def _positive(kind: type) -> Any:
     def parse(text: str) -> Any:
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
-        return value
+            return setting.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-    return parse
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
-    return value
+    shown = default if default is not None else setting.default
+    parser.add_argument(
+        setting.flag,
+        dest=name,
+        type=parse,
+        default=None,
+        metavar=setting.metavar,
+        help=f"{help_text} (env {setting.env}; default: {shown})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,41 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 when every check that carries points passed, 1 otherwise, 2 for usage errors.",
     )
     parser.add_argument("notebook", type=Path, help="the notebook to grade (.ipynb)")
-    parser.add_argument(
-        "--profile",
-        choices=PROFILES,
-        default="smoke",
-        help="which CIFAR-10 your notebook gets: smoke (shipped 5,000/1,000 subset; default), "
+    _argument(
+        parser,
+        "profile",
+        "which CIFAR-10 your notebook gets: smoke (shipped 5,000/1,000 subset), "
         "full (the real data, needs --data-dir or the Keras cache), tiny (1,000/200, fastest)",
     )
-    parser.add_argument(
-        "--grades-dir",
-        type=Path,
-        default=Path(DEFAULT_GRADES_DIR),
-        metavar="DIR",
-        help=f"where results and feedback.html are written (default: {DEFAULT_GRADES_DIR}/)",
-    )
-    parser.add_argument("--seed", type=_seed, default=0, metavar="N", help="seed pinned in the kernel (default: 0)")
-    parser.add_argument(
-        "--cell-timeout",
-        type=_positive(float),
-        default=600.0,
-        metavar="S",
-        help="seconds one cell may run (default: 600)",
-    )
-    parser.add_argument(
-        "--notebook-timeout",
-        type=_positive(float),
-        default=1800.0,
-        metavar="S",
-        help="seconds the whole notebook may run (default: 1800)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="folder holding cifar-10-python.tar.gz (profile full)",
+    _argument(parser, "grades_dir", "where results and feedback.html are written", DEFAULT_GRADES_DIR)
+    _argument(parser, "seed", "seed pinned in the kernel")
+    _argument(parser, "cell_timeout", "seconds one cell may run")
+    _argument(parser, "notebook_timeout", "seconds the whole notebook may run")
+    _argument(parser, "data_dir", "folder holding cifar-10-python.tar.gz (profile full)")
+    _argument(
+        parser,
+        "sandbox",
+        "required: run the notebook only inside the sandbox (bubblewrap and cgroup limits); "
+        "off: check your own notebook on your own machine without it",
     )
     return parser
 
@@ -104,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse has printed the usage and the error
         return int(exc.code) if isinstance(exc.code, int) else 2
     try:
+        for name in ("profile", "grades_dir", "seed", "cell_timeout", "notebook_timeout", "data_dir", "sandbox"):
+            default = DEFAULT_GRADES_DIR if name == "grades_dir" else None
+            # An option given on the command line is already parsed; else the environment, else the default.
+            if getattr(args, name) is None:
+                setattr(args, name, options.resolve(name, None, default=default))
         return run(args)
     except UsageError as exc:
         parser.print_usage(sys.stderr)
@@ -119,10 +102,9 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"not a file: {nb} (give the path of one .ipynb notebook)")
     if nb.suffix.lower() != ".ipynb":
         raise UsageError(f"expected a Jupyter notebook (.ipynb), got {nb}")
-    if args.data_dir is not None and not args.data_dir.is_dir():
-        raise UsageError(f"--data-dir: no such folder: {args.data_dir}")
-    if args.grades_dir.exists() and not args.grades_dir.is_dir():
-        raise UsageError(f"--grades-dir: not a folder: {args.grades_dir}")
+    options.check_data_dir(args.data_dir)
+    options.check_writable_dir(args.grades_dir, "--grades-dir")
+    options.check_sandbox(args.sandbox)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         cell_timeout=args.cell_timeout,
         notebook_timeout=args.notebook_timeout,
         data_dir=args.data_dir.resolve() if args.data_dir else None,
+        sandbox=args.sandbox,
     )
     baseline_path = config.baselines_dir / f"{config.profile}.json"
     baseline = feedback.read_baseline(baseline_path)
@@ -168,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     evidence = None
     if result.status != "invalid" and evidence_path.is_file() and evidence_path.stat().st_mtime >= started - 1:
         evidence = load_evidence(evidence_path)
-    page = config.grades_dir / key / "feedback.html"
+    page = student_dir(config.grades_dir, key) / "feedback.html"
     if not (page.is_file() and page.stat().st_mtime >= started - 1):  # unless grading already wrote it
         page = feedback.write_feedback(config.grades_dir, result, evidence, baseline, bounds)
 

@@ -66,7 +66,13 @@ def load_rubric(path: Path = RUBRIC_PATH) -> Rubric:
     entries = data.get("checks", {})
     unknown = sorted(set(entries) - set(CHECK_IDS))
     if unknown:
-        raise RubricError(f"{path}: unknown check ids {unknown}; known: {list(CHECK_IDS)}")
+        import difflib
+
+        named = []
+        for cid in unknown:
+            close = difflib.get_close_matches(cid, CHECK_IDS, n=1, cutoff=0.6)
+            named.append(f"{cid!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise RubricError(f"{path}: unknown check id {', '.join(named)}; the known ids are {', '.join(CHECK_IDS)}")
     checks = {}
     for cid in CHECK_IDS:
         entry = entries.get(cid)

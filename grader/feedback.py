@@ -1,7 +1,7 @@
 """Feedback people want to look at: a self-contained HTML page per submission, a class index, and
 Gradescope leaderboard entries.
 
-``write_feedback`` writes ``<grades>/<key>/feedback.html``: the score, every check with its message,
+``write_feedback`` writes ``<grades>/students/<key>/feedback.html``: the score, every check with its message,
 and plots of the student's own models (weight-magnitude distributions against the reference's,
 learning curves, recomputed test metrics against the reference band, CNN training time) and the
 cells that failed. ``write_index`` writes ``<grades>/index.html``: score distribution, pass rate of
@@ -24,10 +24,8 @@ import dataclasses
 import io
 import json
 import math
-import os
 import re
 import statistics
-import tempfile
 import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
@@ -44,6 +42,7 @@ from PIL import Image
 
 from grader import checks
 from grader.checks import Bounds
+from grader.outputs import STUDENTS, student_dir, write_atomic
 from grader.records import CellOutcome, CheckResult, Evidence, ModelEvidence, SubmissionResult, from_jsonable
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
@@ -76,7 +75,7 @@ def write_feedback(
     bounds: Bounds | None,
     processes: int = 1,
 ) -> Path:
-    """Write ``grades_dir/<key>/feedback.html`` for one submission and return its path.
+    """Write ``grades_dir/students/<key>/feedback.html`` for one submission and return its path.
 
     ``evidence`` is None when the notebook was never executed (invalid file, grader failure): the
     page then shows the score, the reason and the checks, and says why there are no plots.
@@ -99,9 +98,7 @@ def write_feedback(
         "threshold": f"{float(threshold):g}",
         "baseline_note": _baseline_note(baseline),
     }
-    path = grades_dir / result.key / "feedback.html"
-    _write_atomic(path, _render("feedback.html.j2", context))
-    return path
+    return write_atomic(student_dir(grades_dir, result.key) / "feedback.html", _render("feedback.html.j2", context))
 
 
 def write_index(
@@ -132,8 +129,8 @@ def write_index(
         "students": [
             {
                 "key": r.key,
-                "href": urllib.parse.quote(r.key, safe="") + "/feedback.html",
-                "has_page": (grades_dir / r.key / "feedback.html").exists(),
+                "href": f"{STUDENTS}/{urllib.parse.quote(r.key, safe='')}/feedback.html",
+                "has_page": (student_dir(grades_dir, r.key) / "feedback.html").exists(),
                 "status": r.status,
                 "score": _fmt(r.score),
                 "max_score": _fmt(r.max_score),
@@ -142,10 +139,9 @@ def write_index(
             for r in ordered
         ],
         "baseline_note": _baseline_note(baseline),
+        "unsandboxed": sorted({m for r in results for m in r.unsandboxed}),
     }
-    path = grades_dir / "index.html"
-    _write_atomic(path, _render("index.html.j2", context))
-    return path
+    return write_atomic(grades_dir / "index.html", _render("index.html.j2", context))
 
 
 def leaderboard(result: SubmissionResult, evidence: Evidence | None) -> list[dict[str, Any]]:
@@ -943,7 +939,7 @@ def _leaderboard_rows(entries: list[_CnnEntry], baseline: dict[str, Any] | None)
     rows: list[dict[str, Any]] = [
         {
             "key": e.key,
-            "href": urllib.parse.quote(e.key, safe="") + "/feedback.html",
+            "href": f"{STUDENTS}/{urllib.parse.quote(e.key, safe='')}/feedback.html",
             "kind": e.kind.upper(),
             "accuracy": e.accuracy,
             "seconds": e.seconds,
@@ -1093,19 +1089,6 @@ def _render(template: str, context: dict[str, Any]) -> str:
         lstrip_blocks=True,
     )
     return env.get_template(template).render(**context)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _finite(x: float | None) -> bool:

@@ -24,6 +24,7 @@ from grader import __version__, checks, evaluate, execute, gpu, provenance, repo
 from grader.custody import Custody
 from grader.custody import folder_for as custody_folder
 from grader.datasets import DatasetStore, boston_split, served_cifar10
+from grader.outputs import student_dir
 from grader.records import (
     ArrayFingerprint,
     CellOutcome,
@@ -74,6 +75,7 @@ class GradingConfig:
     hidden: tuple[Path, ...] = ()  # paths the sandboxed children must not see (the submissions folder)
     force: bool = False  # execute even when stored evidence for the same notebook and settings exists
     draw_processes: int = 1  # processes drawing a feedback page's figures (more only when nothing else is graded at once)
+    sandbox: str = "required"  # required: execute nothing unless the sandbox is complete; off: run with what there is
 
     @property
     def jobs_dir(self) -> Path:
@@ -153,7 +155,7 @@ class Grader:
     def grade(self, sub: submissions.Submission) -> SubmissionResult:
         """Grade one submission; whatever happens, return a result and write its reports."""
         started = time.monotonic()
-        out_dir = self.config.grades_dir / sub.key
+        out_dir = student_dir(self.config.grades_dir, sub.key)
         out_dir.mkdir(parents=True, exist_ok=True)
         job_dir = self.config.jobs_dir / sub.key
         try:
@@ -183,9 +185,12 @@ class Grader:
         digest.update(notebook.read_bytes())
         for name in _EXECUTION_CODE:
             digest.update((Path(__file__).parent / name).read_bytes())
+        protections = sandbox.probe()
         settings = (
             self.config.profile, self.config.seed, self.config.cell_timeout, self.config.notebook_timeout,
             self.config.threads,  # the thread count moves metrics in their last digits (plugin.threads_setting)
+            # An execution without the whole sandbox is never reused by a run that has it.
+            (protections.bubblewrap, protections.memory_cgroup, protections.pids_cgroup),
         )
         digest.update(repr((__version__, settings, self.store.fingerprint)).encode())
         return digest.hexdigest()
@@ -198,8 +203,21 @@ class Grader:
         except (OSError, ValueError, TypeError, KeyError):
             return None
 
+    def unsandboxed(self) -> list[str]:
+        """What this machine's sandbox lacks; ``SandboxUnavailable`` when the run requires it complete."""
+        missing = sandbox.unmet()
+        if missing and self.config.sandbox != "off":
+            raise SandboxUnavailable(
+                "the sandbox is incomplete on this machine (" + "; ".join(missing) + "), and this run requires it"
+            )
+        return missing
+
     def collect(self, notebook: Path, job_dir: Path) -> Evidence:
-        """Execute a notebook and evaluate what it trained; raise InvalidNotebook for a bad file."""
+        """Execute a notebook and evaluate what it trained; raise InvalidNotebook for a bad file.
+
+        Nothing is executed when the run requires the sandbox and it is incomplete (``SandboxUnavailable``).
+        """
+        self.unsandboxed()
         nb = submissions.read_notebook(notebook)
         prepared, neutralised = submissions.prepare(nb)
         parts = submissions.cell_parts(prepared)
@@ -297,6 +315,7 @@ class Grader:
             models=[
                 TrainedModel(m.key, m.cell, m.dataset, m.train_seconds, m.epochs) for m in (evidence.models if evidence else [])
             ],
+            unsandboxed=sandbox.unmet() if evidence is not None else [],
         )
         from grader import feedback
 
@@ -321,7 +340,7 @@ class Grader:
                 self.config.grades_dir, result, evidence, baseline, bounds, processes=self.config.draw_processes
             )
         except Exception:  # a page must never cost a grade
-            (self.config.grades_dir / result.key / "feedback-error.txt").write_text(traceback.format_exc())
+            (student_dir(self.config.grades_dir, result.key) / "feedback-error.txt").write_text(traceback.format_exc())
 
     # --------------------------------------------------------------------------------------------
     # Evidence
@@ -886,6 +905,10 @@ class Grader:
                 )
             )
         return out
+
+
+class SandboxUnavailable(RuntimeError):
+    """The run requires the sandbox and this machine lacks part of it: nothing is executed."""
 
 
 def _import_reporting() -> None:

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from grader import checks, report
+from grader import checks, options, report
 from grader.grade import Grader, GradingConfig
+from grader.outputs import STUDENTS
 from grader.records import SubmissionResult
 from grader.submissions import Submission, discover
 
@@ -25,29 +26,18 @@ GRADER_KEY = pytest.StashKey[Grader]()
 RESULTS_KEY = pytest.StashKey[dict[str, SubmissionResult]]()
 SUBMISSIONS_KEY = pytest.StashKey[list[Submission]]()
 
-_OPTIONS: list[tuple[str, str, Any, type, str]] = [
-    ("--submissions", "GRADER_SUBMISSIONS", "submissions", str, "folder of notebooks to grade"),
-    ("--grades-dir", "GRADER_GRADES_DIR", "grades", str, "where gradebook.csv and <key>/results.json are written"),
-    ("--profile", "GRADER_PROFILE", "smoke", str, "dataset profile: smoke (shipped subset), full (real CIFAR-10), tiny (tests)"),
-    ("--data-dir", "GRADER_DATA_DIR", None, str, "folder holding cifar-10-python.tar.gz or cifar10-jpeg.tar.gz (full profile)"),
-    ("--cell-timeout", "GRADER_CELL_TIMEOUT", 600.0, float, "seconds one cell may run before it is interrupted"),
-    ("--notebook-timeout", "GRADER_NOTEBOOK_TIMEOUT", 1800.0, float, "seconds a whole notebook may run"),
-    ("--seed", "GRADER_SEED", 0, int, "the seed pinned in every kernel"),
-    ("--memory-limit", "GRADER_MEMORY_LIMIT", "8G", str, "memory one notebook (kernel and runner) may use, e.g. 8G, 512M"),
-    ("--threads", "GRADER_THREADS", "cores", str,
-     "CPU threads per kernel: cores (every core, whatever -n: the same results with any -n), "
-     "auto (the cores divided by the pytest-xdist workers: no oversubscription, results may differ "
-     "in the last digits between -n settings) or a number"),
-    ("--rubric", "GRADER_RUBRIC", None, str, "the rubric file (points and settings); default grader/rubric.toml"),
-    ("--data-cache", "GRADER_DATA_CACHE", "~/.cache/l1l2-grader", str,
-     "where the data served to kernels is prepared once per dataset version and kept for later runs"),
-]
+# The settings this front end offers (grader/options.py declares each one once).
+PLUGIN_SETTINGS = (
+    "submissions", "grades_dir", "profile", "data_dir", "cell_timeout", "notebook_timeout", "seed",
+    "memory_limit", "threads", "rubric", "data_cache", "sandbox",
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("grading", "grading the L1/L2 Regularization Exercise")
-    for flag, env, default, _, help_text in _OPTIONS:
-        group.addoption(flag, default=None, help=f"{help_text} (env {env}; default {default})")
+    for name in PLUGIN_SETTINGS:
+        setting = options.SETTINGS[name]
+        group.addoption(setting.flag, dest=name, default=None, metavar=setting.metavar, help=options.describe(name))
     group.addoption(
         "--force",
         action="store_true",
@@ -56,50 +46,70 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def _setting(config: pytest.Config, flag: str) -> Any:
-    for name, env, default, kind, _ in _OPTIONS:
-        if name != flag:
-            continue
-        raw = config.getoption(flag)
-        source = f"option {flag}"
-        if raw is None and env in os.environ:
-            raw, source = os.environ[env], f"environment variable {env}"
-        if raw is None:
-            return default
-        try:
-            return kind(raw)
-        except ValueError:
-            raise pytest.UsageError(f"{source}: expected a {kind.__name__}, got {raw!r}") from None
-    raise KeyError(flag)
+def _setting(config: pytest.Config, name: str) -> Any:
+    try:
+        return options.resolve(name, config.getoption(name))
+    except options.UsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def grading_config(config: pytest.Config) -> GradingConfig:
     if CONFIG_KEY not in config.stash:
-        profile = _setting(config, "--profile")
-        if profile not in ("smoke", "full", "tiny"):
-            raise pytest.UsageError(f"option --profile: expected smoke, full or tiny, got {profile!r}")
         root = Path(str(config.invocation_params.dir))
-        data_dir = _setting(config, "--data-dir")
-        rubric = _setting(config, "--rubric")
-        cache = Path(os.path.expanduser(os.path.expandvars(_setting(config, "--data-cache"))))
+        data_dir = _setting(config, "data_dir")
+        rubric = _setting(config, "rubric")
+        try:
+            threads = threads_setting(_setting(config, "threads"), _workers(config))
+        except options.UsageError as exc:
+            raise pytest.UsageError(f"option --threads: {exc}") from None
         config.stash[CONFIG_KEY] = GradingConfig(
-            grades_dir=(root / _setting(config, "--grades-dir")).resolve(),
-            profile=profile,
-            seed=_setting(config, "--seed"),
-            cell_timeout=_setting(config, "--cell-timeout"),
-            notebook_timeout=_setting(config, "--notebook-timeout"),
+            grades_dir=(root / _setting(config, "grades_dir")).resolve(),
+            profile=_setting(config, "profile"),
+            seed=_setting(config, "seed"),
+            cell_timeout=_setting(config, "cell_timeout"),
+            notebook_timeout=_setting(config, "notebook_timeout"),
             data_dir=(root / data_dir).resolve() if data_dir else None,
-            cache_dir=(root / cache).resolve(),
+            cache_dir=(root / _setting(config, "data_cache")).resolve(),
             force=bool(config.getoption("--force")),
-            memory_limit=_bytes(_setting(config, "--memory-limit")),
+            memory_limit=_setting(config, "memory_limit"),
             hidden=(_submissions_dir(config),),
             rubric_path=(root / rubric).resolve() if rubric else checks.RUBRIC_PATH,
-            threads=threads_setting(_setting(config, "--threads"), _workers(config)),
+            threads=threads,
             # One notebook at a time: its page's figures may use every core (under xdist, the other
             # workers' kernels are using them).
             draw_processes=available_cores() if _workers(config) == 1 else 1,
+            sandbox=_setting(config, "sandbox"),
         )
     return config.stash[CONFIG_KEY]
+
+
+def grading_requested(config: pytest.Config) -> bool:
+    """Whether this pytest run grades: an argument names the grader package or something in it."""
+    package = Path(__file__).resolve().parent
+    for arg in config.args:
+        target = str(arg).split("::", 1)[0]
+        if getattr(config.option, "pyargs", False) and target.split(".", 1)[0] == package.name:
+            return True
+        where = (Path(str(config.invocation_params.dir)) / target).resolve()
+        if where == package or package in where.parents:
+            return True
+    return False
+
+
+def validate(config: pytest.Config) -> None:
+    """Every setting, folder and the sandbox, checked before anything is collected or run."""
+    cfg = grading_config(config)
+    try:
+        options.check_submissions(_submissions_dir(config))
+        options.check_writable_dir(cfg.grades_dir, "--grades-dir")
+        options.check_writable_dir(cfg.data_cache, "--data-cache")
+        options.check_data_dir(cfg.data_dir)
+        options.check_rubric(cfg.rubric_path)
+        if not config.getoption("collectonly", False):
+            options.check_sandbox(cfg.sandbox)
+    except options.UsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    check_baseline(config)
 
 
 def available_cores() -> int:
@@ -154,7 +164,7 @@ def threads_setting(text: str, workers: int, cores: int | None = None) -> int:
     except ValueError:
         threads = 0
     if threads < 1:
-        raise pytest.UsageError(f"option --threads: expected cores, auto or a positive number, got {text!r}")
+        raise options.UsageError(f"expected cores, auto or a positive number, got {text!r}")
     return threads
 
 
@@ -175,27 +185,17 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return BySubmission(config, log)
 
 
-def _bytes(text: str) -> int:
-    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    raw = text.strip().upper().removesuffix("B").removesuffix("I")
-    try:
-        if raw and raw[-1] in units:
-            return int(float(raw[:-1]) * units[raw[-1]])
-        return int(raw)
-    except ValueError:
-        raise pytest.UsageError(f"option --memory-limit: expected a size such as 8G or 512M, got {text!r}") from None
-
-
 def _submissions_dir(config: pytest.Config) -> Path:
-    return (Path(str(config.invocation_params.dir)) / _setting(config, "--submissions")).resolve()
+    return (Path(str(config.invocation_params.dir)) / _setting(config, "submissions")).resolve()
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    if not any("grader" in str(arg) for arg in config.args):
+    if not grading_requested(config):
         return None
     from grader import sandbox
 
-    return sandbox.describe()
+    mode = grading_config(config).sandbox
+    return sandbox.describe() + ("" if mode == "required" else f" (--sandbox {mode})")
 
 
 @pytest.hookimpl(wrapper=True, specname="pytest_report_header")
@@ -358,8 +358,11 @@ class _ProgressPrinter:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if not hasattr(config, "workerinput"):
-        config.pluginmanager.register(_ProgressPrinter(config), "grader-progress")
+    if hasattr(config, "workerinput"):
+        return  # the controller has checked the settings
+    if grading_requested(config) and not (config.getoption("help", False) or config.getoption("version", False)):
+        validate(config)
+    config.pluginmanager.register(_ProgressPrinter(config), "grader-progress")
 
 
 @contextlib.contextmanager
@@ -393,34 +396,53 @@ def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
         node.config.stash[GRADING_KEY] = True
 
 
+OUTPUT_PROBLEMS_KEY = pytest.StashKey[list[str]]()
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     if hasattr(config, "workerinput") or not config.stash.get(GRADING_KEY, False):
         return
-    _write_gradebook(config)
+    _write_class_outputs(config)
+    if config.stash.get(OUTPUT_PROBLEMS_KEY, []) and session.exitstatus in (0, 1):
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR  # an output of the run was lost: not a clean run
 
 
 def _collected_results(config: pytest.Config) -> list[SubmissionResult]:
+    """Every submission's stored result; one that cannot be read is named in the run's problems."""
     if not config.stash.get(GRADING_KEY, False):
         return []
     grades_dir = grading_config(config).grades_dir
     out = []
     for sub in submissions_of(config):
-        result = report.read_result(grades_dir, sub.key)
+        try:
+            result = report.read_result(grades_dir, sub.key)
+        except Exception as exc:  # one bad file must not hide the others
+            _problem(config, f"results of {sub.key} unreadable ({type(exc).__name__}: {exc})")
+            continue
         if result is not None:
             out.append(result)
     return out
 
 
-def _write_gradebook(config: pytest.Config) -> None:
+def _problem(config: pytest.Config, line: str) -> None:
+    problems = config.stash.setdefault(OUTPUT_PROBLEMS_KEY, [])
+    if line not in problems:
+        problems.append(line)
+
+
+def _write_class_outputs(config: pytest.Config) -> None:
+    """The gradebook and the class page, each on its own: one that fails never prevents the other."""
     results = _collected_results(config)
     if not results:
         return
     cfg = grading_config(config)
-    report.write_gradebook(cfg.grades_dir, results, checks.CHECK_IDS)
     from grader import feedback
 
-    try:
+    def gradebook() -> None:
+        report.write_gradebook(cfg.grades_dir, results, checks.CHECK_IDS)
+
+    def index() -> None:
         feedback.write_index(
             cfg.grades_dir,
             results,
@@ -428,19 +450,34 @@ def _write_gradebook(config: pytest.Config) -> None:
             feedback.read_baseline(cfg.baselines_dir / f"{cfg.profile}.json"),
             processes=available_cores(),  # every notebook is done: the class page may use every core
         )
-    except Exception as exc:  # the class page must never cost the gradebook
-        (cfg.grades_dir / "index-error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+
+    for name, write in (("gradebook.csv", gradebook), ("index.html", index)):
+        try:
+            write()
+        except Exception as exc:  # reported in one line; the other outputs are still written
+            _problem(config, f"{name} not written: {type(exc).__name__}: {exc}")
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return
-    results = _collected_results(config)
-    if not results:
+    try:
+        results = _collected_results(config)
+        grades_dir = grading_config(config).grades_dir
+    except Exception as exc:  # the summary must not turn a graded run into a crash
+        terminalreporter.write_line(f"grades: the summary could not be read ({type(exc).__name__}: {exc})")
         return
-    grades_dir = grading_config(config).grades_dir
+    problems = config.stash.get(OUTPUT_PROBLEMS_KEY, [])
+    if not results and not problems:
+        return
     terminalreporter.section("grades")
-    terminalreporter.write_line(report.summary_table(results))
-    terminalreporter.write_line(f"\ngradebook: {grades_dir / 'gradebook.csv'}")
-    terminalreporter.write_line(f"class overview: {grades_dir / 'index.html'}")
-    terminalreporter.write_line(f"per-student results and feedback: {grades_dir}/<submission>/")
+    unsandboxed = sorted({m for r in results for m in r.unsandboxed})
+    if unsandboxed:
+        terminalreporter.write_line("UNSANDBOXED: notebooks ran without " + "; ".join(unsandboxed), yellow=True)
+    if results:
+        terminalreporter.write_line(report.summary_table(results))
+        terminalreporter.write_line(f"\ngradebook: {grades_dir / 'gradebook.csv'}")
+        terminalreporter.write_line(f"class overview: {grades_dir / 'index.html'}")
+        terminalreporter.write_line(f"per-student results and feedback: {grades_dir / STUDENTS}/<submission>/")
+    for line in problems:
+        terminalreporter.write_line(f"ERROR: {line}", red=True)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import types
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,18 +63,11 @@ def _coerce(tp: Any, value: Any) -> Any:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(to_jsonable(data), fh, indent=2, sort_keys=False, allow_nan=False, default=_json_default)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON through the one atomic writer (``grader.outputs.write_atomic``)."""
+    from grader.outputs import write_atomic
+
+    text = json.dumps(to_jsonable(data), indent=2, sort_keys=False, allow_nan=False, default=_json_default)
+    write_atomic(path, text + "\n")
 
 
 def _json_default(obj: Any) -> Any:
@@ -278,6 +269,7 @@ class SubmissionResult:
     profile: str
     seed: int
     models: list[TrainedModel] = dataclasses.field(default_factory=list)  # every captured model, in training order
+    unsandboxed: list[str] = dataclasses.field(default_factory=list)  # protections missing when the notebook ran
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,15 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import nbformat
 
+from grader.outputs import copy_atomic, student_dir, write_atomic
 from grader.records import SubmissionResult, from_jsonable, to_jsonable, write_json_atomic
 
 
@@ -60,37 +58,29 @@ def write_submission(
     source: Path | None,
     leaderboard: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write ``<key>/results.json`` and ``<key>/executed.ipynb``, atomically."""
-    out = grades_dir / result.key
-    out.mkdir(parents=True, exist_ok=True)
+    """Write ``students/<key>/results.json`` and ``students/<key>/executed.ipynb``, atomically."""
+    out = student_dir(grades_dir, result.key)
     _write_executed(out / "executed.ipynb", result, job_dir, source)
     write_json_atomic(out / "results.json", gradescope_results(result, leaderboard))
 
 
 def _write_executed(target: Path, result: SubmissionResult, job_dir: Path | None, source: Path | None) -> None:
     executed = job_dir / "executed.ipynb" if job_dir else None
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".executed.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if executed is not None and executed.is_file() and not executed.is_symlink():
-            shutil.copyfile(executed, tmp)
-        else:
-            # The notebook never ran (invalid file, crash before start): explain that in a notebook of its own.
-            nb = nbformat.v4.new_notebook()
-            nb.cells = [
-                nbformat.v4.new_markdown_cell(
-                    f"# Not executed\n\nThis submission ({result.key}) was not executed: {result.reason or result.status}"
-                )
-            ]
-            nbformat.write(nb, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if executed is not None and executed.is_file() and not executed.is_symlink():
+        copy_atomic(executed, target)
+        return
+    # The notebook never ran (invalid file, crash before start): explain that in a notebook of its own.
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(
+            f"# Not executed\n\nThis submission ({result.key}) was not executed: {result.reason or result.status}"
+        )
+    ]
+    write_atomic(target, nbformat.writes(nb))
 
 
 def read_result(grades_dir: Path, key: str) -> SubmissionResult | None:
-    path = grades_dir / key / "results.json"
+    path = student_dir(grades_dir, key) / "results.json"
     if not path.exists():
         return None
     data = json.loads(path.read_text())
@@ -106,13 +96,7 @@ def write_gradebook(grades_dir: Path, results: Iterable[SubmissionResult], check
     for r in sorted(results, key=lambda r: r.key):
         scores = {c.id: c.score for c in r.checks}
         writer.writerow([r.key, _fmt(r.score), _fmt(r.max_score), r.status, *(_fmt(scores.get(i, 0.0)) for i in ids)])
-    path = grades_dir / "gradebook.csv"
-    grades_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=grades_dir, prefix=".gradebook.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return write_atomic(grades_dir / "gradebook.csv", buf.getvalue())
 
 
 def summary_table(results: Iterable[SubmissionResult]) -> str:

@@ -456,7 +456,7 @@ class Graded(Protocol):
 
 
 def results(run: Graded, key: str, grades: Path | None = None) -> dict[str, Any]:
-    return json.loads(((grades or run.grades) / key / "results.json").read_text())
+    return json.loads(((grades or run.grades) / "students" / key / "results.json").read_text())
 
 
 def submission(run: Graded, key: str) -> dict[str, Any]:
@@ -468,7 +468,7 @@ def evidence(run: Graded, key: str) -> dict[str, Any]:
 
 
 def executed(run: Graded, key: str) -> dict[str, Any]:
-    return json.loads((run.grades / key / "executed.ipynb").read_text())
+    return json.loads((run.grades / "students" / key / "executed.ipynb").read_text())
 
 
 def _label_of(source: str | list[str]) -> str:
@@ -533,9 +533,9 @@ def test_every_submission_gets_results_a_gradebook_row_and_an_executed_notebook(
         result = results(run, key)
         assert float(rows[key]["score"]) == result["score"]
         assert rows[key]["status"] == result["extra_data"]["submission"]["status"]
-        assert (run.grades / key / "executed.ipynb").is_file()
+        assert (run.grades / "students" / key / "executed.ipynb").is_file()
         if key not in KNOWN_BUGS:  # there, the "executed notebook" is whatever file the kernel linked it to
-            nbformat.validate(nbformat.read(str(run.grades / key / "executed.ipynb"), as_version=4))
+            nbformat.validate(nbformat.read(str(run.grades / "students" / key / "executed.ipynb"), as_version=4))
 
 
 @pytest.mark.parametrize(
@@ -686,7 +686,7 @@ def test_daemons_do_not_outlive_the_job(run: Run) -> None:
 
 def test_printing_gigabytes_is_contained(run: Run) -> None:
     key = "printing_gigabytes_is_capped"
-    assert (run.grades / key / "executed.ipynb").stat().st_size < 6 * MiB
+    assert (run.grades / "students" / key / "executed.ipynb").stat().st_size < 6 * MiB
     c = cells(run, key)
     if submission(run, key)["status"] == "memory":
         # ipykernel buffers a cell's output between flushes without bound: under a 2 GiB limit the kernel
@@ -712,7 +712,7 @@ def test_one_huge_output_is_dropped_with_a_note_and_later_output_is_kept(run: Ru
     assert "[grader] output limit reached" in output(run, key, "huge")
     assert "y" * 1000 not in output(run, key, "huge")
     assert "small output after the huge one" in output(run, key, "after")
-    assert (run.grades / key / "executed.ipynb").stat().st_size < 1 * MiB
+    assert (run.grades / "students" / key / "executed.ipynb").stat().st_size < 1 * MiB
 
 
 def test_filling_the_disk_stops_at_the_file_size_limit_or_the_timeout(run: Run) -> None:
@@ -866,7 +866,7 @@ def test_a_forged_outcome_file_is_not_trusted(run: Run) -> None:
 
 def test_a_job_file_linked_to_a_hidden_file_does_not_leak_it(run: Run) -> None:
     baselines = (ROOT / "reference" / "baselines" / "tiny.json").read_text()
-    copied = (run.grades / "forged_job_files_are_not_trusted" / "executed.ipynb").read_text()
+    copied = (run.grades / "students" / "forged_job_files_are_not_trusted" / "executed.ipynb").read_text()
     assert baselines[:200] not in copied and '"seeds"' not in copied
 
 

@@ -45,7 +45,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def _results(grades: Path, key: str) -> dict[str, Any]:
-    return json.loads((grades / key / "results.json").read_text())
+    return json.loads((grades / "students" / key / "results.json").read_text())
 
 
 def _evidence(grades: Path, key: str) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def test_a_dead_kernel_fails_the_remaining_cells_with_that_reason(runs: list[Pat
 def test_shell_commands_are_neutralised_and_reported(runs: list[Path]) -> None:
     evidence = _evidence(runs[0], KEY_HOSTILE)
     assert evidence["neutralised"] == ["!pip install -q tensorflow", "%pip install requests"]
-    executed = json.loads((runs[0] / KEY_HOSTILE / "executed.ipynb").read_text())
+    executed = json.loads((runs[0] / "students" / KEY_HOSTILE / "executed.ipynb").read_text())
     assert "[grader] not run while grading: !pip install -q tensorflow" in "".join(executed["cells"][1]["source"])
 
 

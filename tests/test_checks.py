@@ -859,7 +859,7 @@ def test_a_custom_rubric_file_is_read_with_its_settings(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text_kwargs", "expected"),
     [
-        ({"extra": "cnn.l3_regularizer"}, r"unknown check ids \['cnn\.l3_regularizer'\]"),
+        ({"extra": "cnn.l3_regularizer"}, r"unknown check id 'cnn\.l3_regularizer' \(did you mean 'cnn\.l2_regularizer'\?\)"),
         ({"drop": "recap.l2_mse"}, r'\[checks\."recap\.l2_mse"\] is missing'),
         ({"points": {"cnn.l1_sparsity": -1}}, r'\[checks\."cnn\.l1_sparsity"\] points must be a number >= 0, got -1'),
         ({"points": {"recap.runs": '"one"'}}, r"points must be a number >= 0, got 'one'"),

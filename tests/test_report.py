@@ -100,7 +100,7 @@ def test_write_submission_without_a_job_dir_writes_results_and_a_placeholder_not
 
     write_submission(tmp_path, r, job_dir=None, source=None)
 
-    folder = tmp_path / "alice"
+    folder = tmp_path / "students" / "alice"
     assert sorted(p.name for p in folder.iterdir()) == ["executed.ipynb", "results.json"]
     assert json.loads((folder / "results.json").read_text()) == json.loads(json.dumps(gradescope_results(r)))
     nb = nbformat.read(folder / "executed.ipynb", as_version=4)
@@ -118,15 +118,15 @@ def test_write_submission_copies_the_executed_notebook_from_the_job_dir(tmp_path
 
     write_submission(tmp_path / "grades", result(), job_dir=job, source=None)
 
-    assert (tmp_path / "grades" / "alice" / "executed.ipynb").read_bytes() == (job / "executed.ipynb").read_bytes()
+    assert (tmp_path / "grades" / "students" / "alice" / "executed.ipynb").read_bytes() == (job / "executed.ipynb").read_bytes()
 
 
 def test_writing_twice_replaces_the_files_and_leaves_no_temporary_files(tmp_path: Path) -> None:
     write_submission(tmp_path, result(score=1.0), job_dir=None, source=None)
     write_submission(tmp_path, result(score=2.0), job_dir=None, source=None)
 
-    assert sorted(p.name for p in (tmp_path / "alice").iterdir()) == ["executed.ipynb", "results.json"]
-    assert json.loads((tmp_path / "alice" / "results.json").read_text())["score"] == 2.0
+    assert sorted(p.name for p in (tmp_path / "students" / "alice").iterdir()) == ["executed.ipynb", "results.json"]
+    assert json.loads((tmp_path / "students" / "alice" / "results.json").read_text())["score"] == 2.0
 
 
 def test_read_result_round_trips_the_submission_result(tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         check=False,
     )
     results = {}
-    for folder in sorted(p for p in grades.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for folder in sorted(p for p in (grades / "students").iterdir() if p.is_dir()):
         results[folder.name] = json.loads((folder / "results.json").read_text())
     return {"proc": proc, "grades": grades, "results": results}
 
@@ -109,7 +109,7 @@ def test_every_sample_gets_results_an_executed_notebook_and_a_gradebook_row(grad
     assert set(graded["results"]) == set(EXPECTED), graded["proc"].stdout[-3000:]
     grades: Path = graded["grades"]
     for key in EXPECTED:
-        nbformat.validate(nbformat.read(str(grades / key / "executed.ipynb"), as_version=4))
+        nbformat.validate(nbformat.read(str(grades / "students" / key / "executed.ipynb"), as_version=4))
     with open(grades / "gradebook.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["submission"] for r in rows] == sorted(EXPECTED)

@@ -30,8 +30,10 @@ def test_auto_divides_the_available_cores_by_the_workers() -> None:
 
 @pytest.mark.parametrize("text", ["0", "-1", "two", ""])
 def test_a_bad_thread_count_is_a_usage_error(text: str) -> None:
-    with pytest.raises(pytest.UsageError, match="--threads: expected cores, auto or a positive number"):
-        plugin.threads_setting(text, 1)
+    from grader import options
+
+    with pytest.raises(options.UsageError, match="option --threads: expected cores, auto or a positive number"):
+        options.resolve("threads", text, environ={})
 
 
 def test_the_kernel_gets_the_thread_count_in_every_library_variable(tmp_path: Path) -> None:

@@ -1,0 +1,254 @@
+"""Every setting of a grading run, declared once, and the checks that run before anything is graded.
+
+Each ``Setting`` has one flag, one environment variable, one default and one parser. The front ends
+(the pytest plugin, ``python -m grader``, ``python -m grader.gradescope run``) take the settings they
+offer from this table, with the same precedence (a command-line option, else the environment
+variable, else the default) and the same rules. A wrong value stops the run before any notebook is
+read: ``UsageError`` names the option (or the environment variable) that was wrong, what it got and
+what it takes, in a line or a few, and every front end turns it into an exit status other than 0
+and 1 (1 means a student failed a check).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+PROFILES = ("smoke", "full", "tiny")
+SANDBOX_MODES = ("required", "off")
+MIN_MEMORY = 512 * 2**20  # below this no TensorFlow kernel starts: every notebook would fail
+
+
+class UsageError(Exception):
+    """A wrong option, environment variable or folder: reported in a few lines, before anything runs."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Parsers: text as typed on a command line or in the environment -> a value, or ValueError(why)
+# ------------------------------------------------------------------------------------------------
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"must be a number of seconds greater than 0, got {text!r}")
+    return value
+
+
+def seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {text!r}")
+    return value
+
+
+def memory_size(text: str) -> int:
+    """``8G``, ``512M``, ``1.5G``, ``2GiB`` or a number of bytes."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    raw = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        value = int(float(raw[:-1]) * units[raw[-1]]) if raw and raw[-1] in units else int(raw)
+    except (ValueError, OverflowError):
+        raise ValueError(f"expected a size such as 8G or 512M, got {text!r}") from None
+    if value < MIN_MEMORY:
+        raise ValueError(f"must be at least 512M (a TensorFlow kernel needs more), got {text!r}")
+    return value
+
+
+def choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected {_either(allowed)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def threads(text: str) -> str:
+    """``cores``, ``auto`` or a positive number (turned into a count by ``plugin.threads_setting``)."""
+    value = text.strip().lower()
+    if value in ("cores", "auto"):
+        return value
+    try:
+        if int(value) >= 1:
+            return value
+    except ValueError:
+        pass
+    raise ValueError(f"expected cores, auto or a positive number, got {text!r}")
+
+
+def path(text: str) -> Path:
+    if not text.strip():
+        raise ValueError("expected a path, got an empty value")
+    return Path(os.path.expanduser(os.path.expandvars(text)))
+
+
+def _either(allowed: tuple[str, ...]) -> str:
+    return ", ".join(allowed[:-1]) + f" or {allowed[-1]}" if len(allowed) > 1 else allowed[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# The settings
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str
+    flag: str
+    env: str
+    default: str | None  # as it would be typed; None: unset
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str = ""
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting("submissions", "--submissions", "GRADER_SUBMISSIONS", "submissions", path,
+                "folder of notebooks to grade", "DIR"),
+        Setting("grades_dir", "--grades-dir", "GRADER_GRADES_DIR", "grades", path,
+                "where gradebook.csv, index.html and students/<key>/ are written", "DIR"),
+        Setting("profile", "--profile", "GRADER_PROFILE", "smoke", choice(*PROFILES),
+                "dataset profile: smoke (shipped subset), full (real CIFAR-10), tiny (tests)", "NAME"),
+        Setting("data_dir", "--data-dir", "GRADER_DATA_DIR", None, path,
+                "folder holding cifar-10-python.tar.gz or cifar10-jpeg.tar.gz (full profile)", "DIR"),
+        Setting("cell_timeout", "--cell-timeout", "GRADER_CELL_TIMEOUT", "600", positive_seconds,
+                "seconds one cell may run before it is interrupted", "S"),
+        Setting("notebook_timeout", "--notebook-timeout", "GRADER_NOTEBOOK_TIMEOUT", "1800", positive_seconds,
+                "seconds a whole notebook may run", "S"),
+        Setting("seed", "--seed", "GRADER_SEED", "0", seed, "the seed pinned in every kernel", "N"),
+        Setting("memory_limit", "--memory-limit", "GRADER_MEMORY_LIMIT", "8G", memory_size,
+                "memory one notebook (kernel and runner) may use, e.g. 8G, 512M", "SIZE"),
+        Setting("threads", "--threads", "GRADER_THREADS", "cores", threads,
+                "CPU threads per kernel: cores (every core, whatever -n: the same results with any -n), "
+                "auto (the cores divided by the pytest-xdist workers: no oversubscription, results may differ "
+                "in the last digits between -n settings) or a number", "N"),
+        Setting("rubric", "--rubric", "GRADER_RUBRIC", None, path,
+                "the rubric file (points and settings); default grader/rubric.toml", "FILE"),
+        Setting("data_cache", "--data-cache", "GRADER_DATA_CACHE", "~/.cache/l1l2-grader", path,
+                "where the data served to kernels is prepared once per dataset version and kept for later runs", "DIR"),
+        Setting("sandbox", "--sandbox", "GRADER_SANDBOX", "required", choice(*SANDBOX_MODES),
+                "required: refuse to run notebooks unless bubblewrap and the memory and process limits work; "
+                "off: run with whatever isolation this machine has, for a machine that is itself a sandbox "
+                "(a container or throwaway VM); the results say the run was unsandboxed", "MODE"),
+    )
+}
+
+
+def resolve(name: str, given: str | None, environ: Mapping[str, str] | None = None, default: str | None = None) -> Any:
+    """The value of setting ``name``: ``given`` (the command line's text), else its environment
+    variable, else ``default`` (a front end's own) or the setting's default; parsed, or ``UsageError``."""
+    setting = SETTINGS[name]
+    environ = os.environ if environ is None else environ
+    source, raw = f"option {setting.flag}", given
+    if raw is None and environ.get(setting.env) is not None:
+        source, raw = f"environment variable {setting.env}", environ[setting.env]
+    if raw is None:
+        source, raw = f"the default of {setting.flag}", default if default is not None else setting.default
+    if raw is None:
+        return None
+    try:
+        return setting.parse(str(raw))
+    except ValueError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+
+
+def describe(name: str) -> str:
+    """The help text of a setting, with its environment variable and default."""
+    s = SETTINGS[name]
+    return f"{s.help} (env {s.env}; default {s.default})"
+
+
+# ------------------------------------------------------------------------------------------------
+# Folders and files, checked before anything runs
+# ------------------------------------------------------------------------------------------------
+
+
+def check_submissions(folder: Path, flag: str = "--submissions") -> None:
+    """The submissions folder exists and holds at least one notebook (at its top or one folder down)."""
+    if not folder.exists():
+        raise UsageError(f"{flag}: no such folder: {folder}")
+    if not folder.is_dir():
+        raise UsageError(f"{flag}: not a folder: {folder} (give the folder that holds the students' notebooks)")
+    try:
+        found = any(
+            p.suffix.lower() == ".ipynb" and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+            for p in folder.rglob("*.ipynb")
+        )
+    except OSError as exc:
+        raise UsageError(f"{flag}: cannot read {folder}: {exc.strerror or exc}") from None
+    if not found:
+        kinds = sorted({p.suffix or p.name for p in folder.iterdir() if not p.name.startswith(".")})[:5]
+        holds = f"it holds only {', '.join(kinds)}" if kinds else "it is empty"
+        raise UsageError(f"{flag}: no .ipynb notebook in {folder} ({holds}); give the folder of the students' notebooks")
+
+
+def check_writable_dir(folder: Path, flag: str) -> None:
+    """``folder`` is a folder this process can create (if missing) and write in; nothing is left behind."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag}: {folder} is a file, not a folder")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag}: cannot create {folder}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: cannot write in {existing} (permission denied or a read-only file system)")
+    if folder.exists():
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise UsageError(f"{flag}: cannot write in {folder}: {exc.strerror or exc}") from None
+
+
+def check_data_dir(folder: Path | None, flag: str = "--data-dir") -> None:
+    if folder is not None and not folder.is_dir():
+        raise UsageError(f"{flag}: no such folder: {folder}")
+
+
+def check_rubric(rubric_path: Path, flag: str = "--rubric") -> None:
+    """The rubric parses and names every check once; a misspelt check id gets the nearest known one."""
+    from grader import checks
+
+    if not rubric_path.is_file():
+        raise UsageError(f"{flag}: no such file: {rubric_path}")
+    try:
+        checks.load_rubric(rubric_path)
+    except checks.RubricError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def nearest(word: str, known: tuple[str, ...] | list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``known``, or nothing."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_sandbox(mode: str, flag: str = "--sandbox") -> list[str]:
+    """What is missing from the sandbox on this machine; ``UsageError`` when it is required and incomplete."""
+    from grader import sandbox
+
+    missing = sandbox.unmet()
+    if missing and mode == "required":
+        lines = "\n".join(f"  - {m}" for m in missing)
+        raise UsageError(
+            f"the sandbox that isolates student notebooks is incomplete on this machine, so nothing was run:\n{lines}\n"
+            f"Install what is missing, or, on a machine that is itself a sandbox (a container or a throwaway VM), "
+            f"run with {flag} off (environment GRADER_SANDBOX=off): the results will say the run was unsandboxed."
+        )
+    return missing

@@ -1,0 +1,132 @@
+"""The grader fails closed: without the whole sandbox it executes nothing unless told ``--sandbox off``,
+and then the run is labelled unsandboxed everywhere an instructor looks. The run's own outputs
+(``gradebook.csv``, ``index.html``) survive submissions named like them, and are written with one mode."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OPTIONS = ["--profile", "tiny", "--cell-timeout", "30", "--notebook-timeout", "120", "-q", "-p", "no:randomly"]
+KEYS = ("gradebook.csv", "index.html", "plain")
+
+
+def _notebook(path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("print('hello')")]
+    nbformat.write(nb, path)
+
+
+@pytest.fixture(scope="module")
+def class_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("class")
+    for key in KEYS:
+        _notebook(folder / f"{key}.ipynb")
+    return folder
+
+
+def _without_bubblewrap(tmp: Path) -> dict[str, str]:
+    """An environment whose PATH has every program of this one's but bubblewrap."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        if not folder or not Path(folder).is_dir():
+            continue
+        for program in Path(folder).iterdir():
+            target = bin_dir / program.name
+            if program.name != "bwrap" and not target.exists():
+                target.symlink_to(program)
+    return {**os.environ, "PATH": str(bin_dir)}
+
+
+def _grade(class_folder: Path, grades: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "grader/", "--submissions", str(class_folder), "--grades-dir", str(grades),
+         "--data-cache", str(grades.parent / "cache"), *OPTIONS, *extra],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_without_bubblewrap_nothing_runs_and_the_message_names_it(class_folder: Path, tmp_path: Path) -> None:
+    proc = _grade(class_folder, tmp_path / "grades", _without_bubblewrap(tmp_path))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode not in (0, 1), out
+    assert "bubblewrap" in out and "--sandbox off" in out, out
+    assert "Traceback" not in out, out
+    assert not (tmp_path / "grades").exists(), "nothing was executed or written"
+
+
+def test_without_writable_cgroups_nothing_runs_and_the_message_names_the_limits(
+    class_folder: Path, tmp_path: Path
+) -> None:
+    env = {**os.environ, "GRADER_CGROUP_ROOT": str(tmp_path / "no-cgroups")}
+    proc = _grade(class_folder, tmp_path / "grades", env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode not in (0, 1), out
+    assert "memory limit" in out and "process limit" in out, out
+    assert not (tmp_path / "grades").exists()
+
+
+def test_the_self_check_and_the_gradescope_runner_refuse_too(class_folder: Path, tmp_path: Path) -> None:
+    env = _without_bubblewrap(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "grader", str(class_folder / "plain.ipynb"), "--profile", "tiny",
+         "--grades-dir", str(tmp_path / "self")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "bubblewrap" in proc.stderr and "--sandbox off" in proc.stderr, proc.stderr
+    assert not (tmp_path / "self").exists()
+
+
+@pytest.fixture(scope="module")
+def unsandboxed_run(class_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    tmp = tmp_path_factory.mktemp("unsandboxed")
+    grades = tmp / "grades"
+    proc = _grade(class_folder, grades, _without_bubblewrap(tmp), "--sandbox", "off")
+    return proc, grades
+
+
+def test_with_sandbox_off_the_class_is_graded_and_labelled_unsandboxed(
+    unsandboxed_run: tuple[subprocess.CompletedProcess[str], Path]
+) -> None:
+    proc, grades = unsandboxed_run
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out  # the notebooks train nothing: checks fail, nothing else does
+    assert "UNSANDBOXED" in out and "bubblewrap" in out, out
+    for key in KEYS:
+        record = json.loads((grades / "students" / key / "results.json").read_text())["extra_data"]["submission"]
+        assert record["status"] == "graded" and any("bubblewrap" in m for m in record["unsandboxed"]), record
+    index = (grades / "index.html").read_text()
+    assert 'id="unsandboxed"' in index and "bubblewrap" in index
+
+
+def test_submissions_named_like_the_run_outputs_are_graded_beside_the_others(
+    unsandboxed_run: tuple[subprocess.CompletedProcess[str], Path]
+) -> None:
+    proc, grades = unsandboxed_run
+    assert (grades / "gradebook.csv").is_file() and (grades / "index.html").is_file(), proc.stdout[-2000:]
+    with open(grades / "gradebook.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["submission"] for r in rows) == sorted(KEYS)
+    assert not list(grades.rglob("*.tmp")), "no temporary file is left behind"
+    index = (grades / "index.html").read_text()
+    for key in KEYS:
+        assert f'href="students/{key}/feedback.html"' in index
+
+
+def test_every_output_is_written_with_one_shared_mode(unsandboxed_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    _, grades = unsandboxed_run
+    outputs = [grades / "gradebook.csv", grades / "index.html"]
+    for key in KEYS:
+        outputs += [grades / "students" / key / name for name in ("results.json", "executed.ipynb", "feedback.html")]
+    modes = {str(p.relative_to(grades)): oct(stat.S_IMODE(p.stat().st_mode)) for p in outputs}
+    assert set(modes.values()) == {"0o644"}, modes
