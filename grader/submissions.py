@@ -24,11 +24,23 @@ MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024
 
 @dataclasses.dataclass(frozen=True)
 class Submission:
-    """One student's work: ``key`` names it in every report; ``problem`` is set when it cannot be graded."""
+    """One student's work: ``key`` names it in every report; ``problem`` is set when it cannot be graded.
+
+    The other fields say who it belongs to when it comes from an LMS download (grader/lms.py), and
+    stay empty for a plain folder: ``lms`` is "canvas" or "gradescope"; ``student_id`` is the LMS's
+    id of the student (the Canvas user id; the Gradescope SIDs, else emails, comma-separated for a
+    group); ``name`` is the name the LMS gives (comma-separated for a group); ``late`` is set when
+    the LMS marked the work late; ``notes`` say what else was found and not graded.
+    """
 
     key: str
     path: Path | None
     problem: str = ""
+    student_id: str = ""
+    name: str = ""
+    late: bool = False
+    lms: str = ""
+    notes: tuple[str, ...] = ()
 
 
 def discover(folder: Path) -> list[Submission]:

@@ -1,0 +1,1332 @@
+"""Read submissions the way an LMS hands them out, and write grades back the way it takes them in.
+
+In: a plain folder of notebooks, a Canvas "Download Submissions" zip (or its unzipped folder), or a
+Gradescope "Export Submissions" zip (or folder). Out: a Canvas gradebook export with this exercise's
+column filled, ready for Canvas's "Import". docs/lms.md describes the formats and the round trip.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+import math
+import os
+import re
+import shutil
+import stat
+import tempfile
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from grader.submissions import Submission, discover
+
+CANVAS, GRADESCOPE = "canvas", "gradescope"
+DEFAULT_COLUMN = "L1/L2 Regularization Exercise"
+
+# Limits on a zip before anything is written: a class's download is a few hundred small files.
+MAX_ARCHIVE_MEMBERS = 20_000
+MAX_ARCHIVE_BYTES = 4 * 2**30
+MAX_METADATA_BYTES = 64 * 2**20
+
+# What operating systems add to folders and zips; never a submission.
+_SYSTEM_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini", ".ipynb_checkpoints"}
+
+# Canvas names each file <name>_[LATE_]<user id>_<file id>_<file name>, where <name> is the sortable
+# name lowercased with everything but letters, digits and "_" removed (lib/content_zipper.rb). With
+# anonymous grading <name>_<user id> becomes anon_<anonymous id>. Text and URL entries have no file id
+# and end in _text.html or _link.html.
+_CANVAS_UPLOAD = re.compile(r"(?P<name>\w*?)_(?:(?P<late>LATE)_)?(?P<user>\d+)_(?P<file_id>\d+)_(?P<original>.+)", re.S)
+_ANON = r"anon_[1-9A-HJ-NP-Za-km-z]{5}"  # Canvas's anonymous ids: five base58 characters (lib/anonymity.rb)
+_CANVAS_ANON_UPLOAD = re.compile(rf"(?:(?P<late>LATE)_)?(?P<user>{_ANON})_(?P<file_id>\d+)_(?P<original>.+)", re.S)
+_CANVAS_ENTRY = re.compile(r"(?P<name>\w*?)_(?:(?P<late>LATE)_)?(?P<user>\d+)_(?P<kind>text|link)\.html")
+_CANVAS_ANON_ENTRY = re.compile(rf"(?:(?P<late>LATE)_)?(?P<user>{_ANON})_(?P<kind>text|link)\.html")
+# Canvas renames an upload whose name is taken in the student's files: hw.ipynb, hw-1.ipynb, hw-2.ipynb ...
+_RESUBMISSION = re.compile(r"(?P<stem>.*)-(?P<number>\d+)")
+_GRADESCOPE_FOLDER = re.compile(r"submission_(?P<id>\d+)")
+GRADESCOPE_METADATA = "submission_metadata.yml"
+
+
+class UnsafeArchive(ValueError):
+    """A zip the grader refuses to extract; the message says which member and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Download:
+    """What was read: the LMS it came from ("" for a plain folder), the folder read, the submissions,
+    and every entry that is part of no submission ("name: why"), so that nothing goes unmentioned."""
+
+    lms: str
+    root: Path
+    submissions: tuple[Submission, ...]
+    skipped: tuple[str, ...] = ()
+
+
+def load_submissions(path: Path, extract_to: Path | None = None) -> list[Submission]:
+    """The submissions in ``path``: a folder of notebooks, or a Canvas or Gradescope download (zip or folder)."""
+    return list(load(path, extract_to).submissions)
+
+
+def load(path: Path, extract_to: Path | None = None) -> Download:
+    """Read ``path`` as a plain folder, a Canvas download or a Gradescope export; a zip is extracted first.
+
+    A zip is extracted (``extract_zip``) into a folder of its own under ``extract_to``, which is
+    required for zips. Raises FileNotFoundError for a missing path and ValueError (UnsafeArchive for a
+    zip refused) for anything else that cannot be read.
+    """
+    from_zip = path.is_file()
+    if from_zip:
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"--submissions: {path} is a file but not a zip archive; give a folder or a zip")
+        if extract_to is None:
+            raise ValueError(f"--submissions: {path} is a zip; a folder to extract it into is needed")
+        root = extract_zip(path, extract_to)
+    elif path.is_dir():
+        root = path
+    else:
+        raise FileNotFoundError(f"--submissions: {path} is not a folder or a zip")
+    root = _unwrap(root, from_zip)
+    if (root / GRADESCOPE_METADATA).is_file():
+        return _load_gradescope(root)
+    if _looks_like_canvas(root):
+        return _load_canvas(root)
+    return Download("", root, tuple(discover(root)))
+
+
+def _entries(folder: Path) -> tuple[list[Path], list[str]]:
+    """The folder's entries, sorted, without operating-system and hidden files (returned apart as "name: why")."""
+    kept, skipped = [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.name in _SYSTEM_NAMES or entry.name.startswith("._"):
+            skipped.append(f"{entry.name}: added by the operating system, not a submission")
+        elif entry.name.startswith("."):
+            skipped.append(f"{entry.name}: a hidden entry, not a submission")
+        else:
+            kept.append(entry)
+    return kept, skipped
+
+
+def _unwrap(root: Path, from_zip: bool) -> Path:
+    """The folder inside ``root`` when ``root`` holds only that folder and it is the download itself.
+
+    Gradescope wraps its export in ``assignment_<id>_export/``; a zip made by hand often wraps its
+    notebooks in a folder. A lone folder of a plain (not zipped) folder is one student's, and stays.
+    """
+    entries, _ = _entries(root)
+    if len(entries) != 1 or not entries[0].is_dir() or entries[0].is_symlink():
+        return root
+    inner = entries[0]
+    if (inner / GRADESCOPE_METADATA).is_file() or _looks_like_canvas(inner) or from_zip:
+        return inner
+    return root
+
+
+def _looks_like_canvas(folder: Path) -> bool:
+    """At least half the folder's entries (and at least one) are files named as Canvas names them."""
+    entries, _ = _entries(folder)
+    canvas = sum(1 for e in entries if e.is_file() and _canvas_name(e.name) is not None)
+    return canvas > 0 and 2 * canvas >= len(entries)
+
+
+# ---------------------------------------------------------------------------------------------
+# Zip archives
+# ---------------------------------------------------------------------------------------------
+
+
+def extract_zip(
+    archive: Path,
+    extract_to: Path,
+    *,
+    max_members: int = MAX_ARCHIVE_MEMBERS,
+    max_bytes: int = MAX_ARCHIVE_BYTES,
+) -> Path:
+    """Extract ``archive`` into ``extract_to/<stem>-<hash>/`` and return that folder.
+
+    Every member is checked before anything is written: no absolute names, no ``..``, no backslashes,
+    no links or devices, no encryption, no duplicates, at most ``max_members`` members and
+    ``max_bytes`` bytes once extracted (counted again while writing, whatever the zip declares).
+    Zips inside the zip stay files. The same archive (by content) always lands in the same folder,
+    which is reused once complete; files are written 0644, folders 0755.
+    """
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        if len(infos) > max_members:
+            raise UnsafeArchive(f"{archive.name}: {len(infos)} members, over the limit of {max_members}")
+        members = [(info, _safe_member(archive.name, info)) for info in infos]
+        declared = sum(info.file_size for info in infos)
+        if declared > max_bytes:
+            raise UnsafeArchive(
+                f"{archive.name}: {declared / 2**20:.0f} MiB once extracted, over the limit of {max_bytes / 2**20:.0f} MiB"
+            )
+        seen: set[tuple[str, ...]] = set()
+        for info, parts in members:
+            if parts in seen:
+                raise UnsafeArchive(f"{archive.name}: {info.filename!r} appears twice")
+            seen.add(parts)
+        target = extract_to / f"{_safe_key(Path(archive.name).stem)}-{_digest(archive)[:16]}"
+        if target.is_dir():
+            return target
+        extract_to.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=extract_to, prefix=".extracting-"))
+        try:
+            os.chmod(staging, 0o755)
+            written = 0
+            for info, parts in members:
+                if not parts:
+                    continue
+                dest = staging.joinpath(*parts)
+                if info.is_dir():
+                    dest.mkdir(mode=0o755, parents=True, exist_ok=True)
+                    continue
+                dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                written = _copy_member(zf, info, dest, written, max_bytes, archive.name)
+            try:
+                os.rename(staging, target)
+            except OSError:
+                if not target.is_dir():  # not a concurrent extraction of the same archive: a real failure
+                    raise
+                shutil.rmtree(staging, ignore_errors=True)
+        except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise UnsafeArchive(f"{archive.name}: damaged archive ({exc})") from None
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise UnsafeArchive(f"{archive.name}: could not be extracted ({exc})") from None
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return target
+
+
+def _safe_member(archive: str, info: zipfile.ZipInfo) -> tuple[str, ...]:
+    """The member's path parts, or UnsafeArchive when its name, type or flags are not acceptable."""
+    name = info.filename
+    if "\x00" in name or "\\" in name or name.startswith("/") or re.match(r"[A-Za-z]:", name):
+        raise UnsafeArchive(f"{archive}: member {name!r} has an absolute or Windows-style path")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise UnsafeArchive(f"{archive}: member {name!r} points outside the archive (..)")
+    mode = info.external_attr >> 16
+    kind = stat.S_IFMT(mode)
+    if kind == stat.S_IFLNK:
+        raise UnsafeArchive(f"{archive}: member {name!r} is a symbolic link")
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        raise UnsafeArchive(f"{archive}: member {name!r} is not a plain file or folder")
+    if info.flag_bits & 0x1:
+        raise UnsafeArchive(f"{archive}: member {name!r} is encrypted")
+    return parts
+
+
+def _copy_member(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, written: int, max_bytes: int, archive: str
+) -> int:
+    """Write one member, counting bytes as they come; return the running total."""
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+        while chunk := src.read(1 << 20):
+            written += len(chunk)
+            if written > max_bytes:
+                raise UnsafeArchive(f"{archive}: more than {max_bytes / 2**20:.0f} MiB once extracted")
+            out.write(chunk)
+    os.chmod(dest, 0o644)
+    return written
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _safe_key(text: str) -> str:
+    """A key usable as a folder name everywhere: ASCII letters, digits, ``.``, ``_``, ``-``; never hidden."""
+    key = re.sub(r"[^A-Za-z0-9._-]+", "-", text).lstrip("._-").rstrip(".-")[:100].rstrip(".-")
+    return key or "submission"
+
+
+def _unique(subs: Iterable[Submission]) -> tuple[Submission, ...]:
+    """The submissions with keys made distinct (``-2``, ``-3`` ... after the first), sorted by key."""
+    out: list[Submission] = []
+    taken: set[str] = set()
+    for sub in sorted(subs, key=lambda s: s.key):
+        key, n = sub.key, 1
+        while key in taken:
+            n += 1
+            key = f"{sub.key}-{n}"
+        taken.add(key)
+        out.append(sub if key == sub.key else dataclasses.replace(sub, key=key))
+    return tuple(sorted(out, key=lambda s: s.key))
+
+
+def _unknown(entry: Path, why: str, lms: str) -> Submission:
+    """An entry that fits no known layout, kept as an invalid submission so that it shows in every report."""
+    return Submission(_safe_key(f"unknown-{entry.name}"), None, f"{entry.name}: {why}", lms=lms)
+
+
+# ---------------------------------------------------------------------------------------------
+# Canvas
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _CanvasFile:
+    path: Path
+    user: str  # the Canvas user id, or anon_<id> for an anonymous download
+    name: str
+    late: bool
+    file_id: int  # 0 for text and URL entries
+    original: str  # the file's name as uploaded (after Canvas's renaming); "" for text and URL entries
+    kind: str  # "upload", "text" or "link"
+
+    @property
+    def resubmission(self) -> int:
+        match = _RESUBMISSION.fullmatch(Path(self.original).stem)
+        return int(match["number"]) if match else 0
+
+    @property
+    def is_notebook(self) -> bool:
+        return self.kind == "upload" and self.original.lower().endswith(".ipynb")
+
+
+def _canvas_name(filename: str) -> dict[str, Any] | None:
+    """The parts of a Canvas download's file name, or None when the name is not one Canvas gives."""
+    for pattern, kind in (
+        (_CANVAS_ANON_UPLOAD, "upload"),
+        (_CANVAS_UPLOAD, "upload"),
+        (_CANVAS_ANON_ENTRY, None),
+        (_CANVAS_ENTRY, None),
+    ):
+        match = pattern.fullmatch(filename)
+        if match:
+            parts = match.groupdict()
+            return {
+                "user": parts["user"],
+                "name": parts.get("name") or "",
+                "late": bool(parts["late"]),
+                "file_id": int(parts.get("file_id") or 0),
+                "original": parts.get("original") or "",
+                "kind": kind or parts["kind"],
+            }
+    return None
+
+
+def _load_canvas(root: Path) -> Download:
+    entries, skipped = _entries(root)
+    files: dict[str, list[_CanvasFile]] = {}
+    subs: list[Submission] = []
+    for entry in entries:
+        parts = _canvas_name(entry.name) if entry.is_file() and not entry.is_symlink() else None
+        if parts is None:
+            what = "a folder" if entry.is_dir() else "a file whose name"
+            subs.append(
+                _unknown(
+                    entry,
+                    f"{what} does not follow Canvas's <name>_<user id>_<file id>_<file name>; "
+                    "a Canvas download holds only such files",
+                    CANVAS,
+                )
+            )
+            continue
+        files.setdefault(parts["user"], []).append(_CanvasFile(entry, **parts))
+    for user, own in files.items():
+        subs.append(_canvas_submission(user, own))
+    return Download(CANVAS, root, _unique(subs), tuple(skipped))
+
+
+def _canvas_submission(user: str, files: list[_CanvasFile]) -> Submission:
+    """One student's submission from their files: the latest notebook, or a problem saying what came instead."""
+    anonymous = user.startswith("anon_")
+    record: dict[str, Any] = {
+        "student_id": "" if anonymous else user,
+        "name": next((f.name for f in files if f.name), ""),
+        "late": any(f.late for f in files),
+        "lms": CANVAS,
+    }
+    notebooks = sorted((f for f in files if f.is_notebook), key=lambda f: (f.file_id, f.resubmission))
+    others = [f for f in files if not f.is_notebook]
+    notes: list[str] = []
+    if anonymous:
+        notes.append("anonymous grading: Canvas gives no user id, so this grade matches no roster row")
+    if not notebooks:
+        return Submission(_safe_key(user), None, _no_notebook(others), **record, notes=tuple(notes))
+    kept, earlier = notebooks[-1], notebooks[:-1]
+    if earlier:
+        names = ", ".join(f.original for f in earlier)
+        notes.append(f"{len(earlier)} earlier notebook(s) ignored ({names}); graded {kept.original}")
+    if others:
+        notes.append(f"also uploaded, not graded: {', '.join(_describe(f) for f in others)}")
+    return Submission(_safe_key(user), kept.path, **record, notes=tuple(notes))
+
+
+def _describe(f: _CanvasFile) -> str:
+    return {"text": "a text entry", "link": "a website URL"}.get(f.kind, f.original)
+
+
+def _no_notebook(files: list[_CanvasFile]) -> str:
+    uploaded = [f.original for f in files if f.kind == "upload"]
+    entries = [_describe(f) for f in files if f.kind != "upload"]
+    what = []
+    if uploaded:
+        what.append("uploaded " + ", ".join(uploaded))
+    if entries:
+        what.append("submitted " + " and ".join(entries))
+    return f"{'; '.join(what) or 'submitted nothing'}; the assignment takes a .ipynb notebook"
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradescope
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GradescopeSubmitter:
+    """One person listed under ``:submitters:`` (empty strings for what the export leaves out)."""
+
+    name: str
+    sid: str
+    email: str
+
+    @property
+    def identity(self) -> str:
+        """Who this is across submissions: the SID, else the email (lowercased), else the name."""
+        return self.sid or self.email.lower() or self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class GradescopeEntry:
+    """A submission folder's line in ``submission_metadata.yml``: who submitted it, and when."""
+
+    submitters: tuple[GradescopeSubmitter, ...]
+    created_at: dt.datetime | None
+
+
+def _load_gradescope(root: Path) -> Download:
+    entries, skipped = _entries(root)
+    notes: tuple[str, ...] = ()
+    try:
+        metadata = read_gradescope_metadata(root / GRADESCOPE_METADATA)
+    except (MetadataError, OSError, UnicodeDecodeError) as exc:
+        metadata = {}
+        notes = (f"{GRADESCOPE_METADATA} could not be read ({exc}); submitters unknown",)
+    subs: list[Submission] = []
+    found: dict[str, tuple[Submission, GradescopeEntry | None]] = {}
+    for entry in entries:
+        if entry.name == GRADESCOPE_METADATA:
+            continue
+        if not (entry.is_dir() and not entry.is_symlink() and _GRADESCOPE_FOLDER.fullmatch(entry.name)):
+            what = "a folder" if entry.is_dir() else "a file"
+            subs.append(
+                _unknown(entry, f"{what} that is not a Gradescope submission folder (submission_<id>)", GRADESCOPE)
+            )
+            continue
+        info = metadata.get(entry.name)
+        own_notes = notes if info is not None or not metadata else (*notes, f"not listed in {GRADESCOPE_METADATA}")
+        found[entry.name] = (_gradescope_submission(entry, info, own_notes), info)
+    for folder, info in metadata.items():
+        if not _GRADESCOPE_FOLDER.fullmatch(folder):
+            skipped.append(f"{folder} in {GRADESCOPE_METADATA}: not a submission folder name (submission_<id>)")
+        elif folder not in found:
+            sub = Submission(
+                _safe_key(folder),
+                None,
+                f"listed in {GRADESCOPE_METADATA} but its folder is missing from the export",
+                **_submitter_fields(info),
+            )
+            found[folder] = (sub, info)
+    kept, superseded = _latest_per_student(found)
+    subs.extend(kept)
+    skipped.extend(superseded)
+    return Download(GRADESCOPE, root, _unique(subs), tuple(skipped))
+
+
+def _submitter_fields(info: GradescopeEntry | None) -> dict[str, Any]:
+    people = info.submitters if info else ()
+    return {
+        "student_id": ", ".join(p.sid or p.email for p in people if p.sid or p.email),
+        "name": ", ".join(p.name for p in people if p.name),
+        "lms": GRADESCOPE,
+    }
+
+
+def _gradescope_submission(folder: Path, info: GradescopeEntry | None, notes: tuple[str, ...]) -> Submission:
+    """A Gradescope submission folder: its one notebook, or a problem saying what was uploaded instead."""
+    uploaded = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and not p.is_symlink()
+        and not any(part.startswith(".") or part in _SYSTEM_NAMES for part in p.relative_to(folder).parts)
+    )
+    notebooks = [p for p in uploaded if p.suffix.lower() == ".ipynb"]
+    fields = _submitter_fields(info)
+    if info is not None and len(info.submitters) > 1:
+        notes = (*notes, f"group submission of {len(info.submitters)}")
+    if len(notebooks) == 1:
+        others = [str(p.relative_to(folder)) for p in uploaded if p != notebooks[0]]
+        if others:
+            notes = (*notes, f"also uploaded, not graded: {', '.join(others)}")
+        return Submission(_safe_key(folder.name), notebooks[0], **fields, notes=notes)
+    if notebooks:
+        names = ", ".join(str(p.relative_to(folder)) for p in notebooks)
+        problem = f"several notebooks were uploaded ({names}); upload one"
+    elif uploaded:
+        problem = f"uploaded {', '.join(str(p.relative_to(folder)) for p in uploaded)}; the assignment takes a .ipynb notebook"
+    else:
+        problem = "nothing was uploaded"
+    return Submission(_safe_key(folder.name), None, problem, **fields, notes=notes)
+
+
+def _latest_per_student(
+    found: Mapping[str, tuple[Submission, GradescopeEntry | None]],
+) -> tuple[list[Submission], list[str]]:
+    """Keep, for each student, only their latest submission (by created_at, then submission id).
+
+    A submission is left out when every one of its submitters made a later one, which says so. One
+    kept because it is the latest of some of its submitters notes the others' later submissions.
+    """
+
+    def order(folder: str) -> tuple[dt.datetime, int]:
+        info = found[folder][1]
+        when = info.created_at if info and info.created_at else dt.datetime.min.replace(tzinfo=dt.UTC)
+        match = _GRADESCOPE_FOLDER.fullmatch(folder)
+        return when, int(match["id"]) if match else 0
+
+    def people(folder: str) -> list[str]:
+        info = found[folder][1]
+        return [p.identity for p in (info.submitters if info else ()) if p.identity]
+
+    latest: dict[str, str] = {}
+    for folder in sorted(found, key=order):
+        for person in people(folder):
+            latest[person] = folder
+    kept: list[tuple[str, Submission]] = []
+    superseded: list[str] = []
+    replaced_by: dict[str, list[str]] = {}
+    for folder, (sub, _) in found.items():
+        moved = {person: latest[person] for person in people(folder) if latest[person] != folder}
+        if moved and len(moved) == len(people(folder)):
+            newest = max(moved.values(), key=order)
+            superseded.append(f"{folder}: an earlier submission of students who submitted again ({newest})")
+            replaced_by.setdefault(newest, []).append(folder)
+            continue
+        if moved:
+            later = ", ".join(f"{person} in {where}" for person, where in sorted(moved.items()))
+            sub = dataclasses.replace(sub, notes=(*sub.notes, f"submitted again later: {later}"))
+        kept.append((folder, sub))
+    return [
+        dataclasses.replace(
+            sub, notes=(*sub.notes, f"earlier submission(s) ignored: {', '.join(sorted(replaced_by[folder]))}")
+        )
+        if folder in replaced_by
+        else sub
+        for folder, sub in kept
+    ], superseded
+
+
+def read_gradescope_metadata(path: Path) -> dict[str, GradescopeEntry]:
+    """``submission_metadata.yml`` as {folder name: submitters and creation time}; MetadataError if unreadable."""
+    if path.stat().st_size > MAX_METADATA_BYTES:
+        raise MetadataError(f"over {MAX_METADATA_BYTES // 2**20} MiB")
+    data = parse_yaml(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise MetadataError("the top level is not a mapping of submission folders")
+    out: dict[str, GradescopeEntry] = {}
+    for folder, raw in data.items():
+        entry = _symbols(raw)
+        people = entry.get("submitters") or []
+        submitters = tuple(
+            GradescopeSubmitter(_text(p.get("name")), _text(p.get("sid")), _text(p.get("email")))
+            for p in (_symbols(x) for x in (people if isinstance(people, list) else []))
+        )
+        out[str(folder)] = GradescopeEntry(submitters, _timestamp(entry.get("created_at")))
+    return out
+
+
+def _symbols(value: Any) -> dict[str, Any]:
+    """A mapping with Ruby-symbol keys (``:name``) read by their bare names (``name``)."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k).strip().lstrip(":").strip("\"'"): v for k, v in value.items()}
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _timestamp(value: Any) -> dt.datetime | None:
+    """Ruby's ``2026-04-26 17:34:00.861687000 Z`` or ISO 8601, as an aware datetime (UTC when unzoned)."""
+    match = re.fullmatch(
+        r"\s*(\d{4}-\d\d-\d\d)[ T](\d\d:\d\d:\d\d)(?:\.(\d+))?\s*(Z|UTC|[+-]\d\d:?\d\d)?\s*", _text(value)
+    )
+    if not match:
+        return None
+    date, time, fraction, zone = match.groups()
+    text = f"{date}T{time}.{(fraction or '0')[:6].ljust(6, '0')}"
+    if zone and zone not in ("Z", "UTC"):
+        text += zone if ":" in zone else f"{zone[:3]}:{zone[3:]}"
+    else:
+        text += "+00:00"
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The YAML subset of submission_metadata.yml
+# ---------------------------------------------------------------------------------------------
+
+
+class MetadataError(ValueError):
+    """submission_metadata.yml is not YAML this reader understands; the message names the line."""
+
+
+_SCALAR_INT = re.compile(r"[-+]?\d+")
+_SCALAR_FLOAT = re.compile(r"[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?")
+_SCALAR_SPECIAL = {".inf": math.inf, "+.inf": math.inf, "-.inf": -math.inf, ".nan": math.nan}
+_ESCAPES = {
+    "0": "\0",
+    "a": "\a",
+    "b": "\b",
+    "t": "\t",
+    "\t": "\t",
+    "n": "\n",
+    "v": "\v",
+    "f": "\f",
+    "r": "\r",
+    "e": "\x1b",
+    " ": " ",
+    '"': '"',
+    "/": "/",
+    "\\": "\\",
+    "N": "\x85",
+    "_": "\xa0",
+    "L": "\u2028",
+    "P": "\u2029",
+}
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse the block-style YAML that Ruby's Psych writes: mappings, sequences, plain, quoted and block
+    scalars, empty or simple flow collections, anchors and aliases; tags are read past. Values stay
+    strings except null, booleans, integers and floats. Raises MetadataError naming the line."""
+    return _YamlReader(text).document()
+
+
+class _YamlReader:
+    def __init__(self, text: str) -> None:
+        self.lines = re.split(r"\r\n|\r|\n", text.removeprefix("\ufeff"))
+        self.i = 0
+        self.anchors: dict[str, Any] = {}
+
+    def fail(self, why: str, line: int | None = None) -> MetadataError:
+        return MetadataError(f"line {(self.i if line is None else line) + 1}: {why}")
+
+    # -- lines ---------------------------------------------------------------------------------
+
+    def skip(self) -> int:
+        """Move past blank and comment lines; the index of the next significant line (len at the end)."""
+        while self.i < len(self.lines):
+            stripped = self.lines[self.i].strip()
+            if stripped and not stripped.startswith("#"):
+                break
+            self.i += 1
+        return self.i
+
+    def indent(self, index: int) -> int:
+        line = self.lines[index]
+        body = line.lstrip(" ")
+        if body.startswith("\t"):
+            raise self.fail("a tab in the indentation", index)
+        return len(line) - len(body)
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    def document(self) -> Any:
+        if self.skip() < len(self.lines) and self.lines[self.i].startswith("---"):
+            rest = self.lines[self.i][3:].strip()
+            self.i += 1
+            rest, anchor = self.properties(rest)
+            if rest and not rest.startswith("#"):
+                return self.remember(anchor, self.value(rest, -1))
+        value = self.block(0)
+        if self.skip() < len(self.lines) and self.lines[self.i].strip() not in ("...", "---"):
+            raise self.fail("unexpected text after the document")
+        return value
+
+    def block(self, min_indent: int) -> Any:
+        """The node starting at the next significant line, if it is indented at least ``min_indent``."""
+        index = self.skip()
+        if index >= len(self.lines) or self.lines[index].strip() in ("...", "---"):
+            return None
+        ind = self.indent(index)
+        if ind < min_indent:
+            return None
+        content = self.lines[index][ind:]
+        if content == "-" or content.startswith("- "):
+            return self.sequence(ind)
+        if self.split_key(content) is not None:
+            return self.mapping(ind)
+        self.i += 1
+        return self.value(content, ind - 1)
+
+    def mapping(self, ind: int) -> dict[Any, Any]:
+        result: dict[Any, Any] = {}
+        while self.skip() < len(self.lines):
+            index = self.i
+            line_indent = self.indent(index)
+            if line_indent < ind or self.lines[index].strip() in ("...", "---"):
+                break
+            if line_indent > ind:
+                raise self.fail("unexpected indentation")
+            content = self.lines[index][ind:]
+            if content == "-" or content.startswith("- "):
+                break
+            split = self.split_key(content)
+            if split is None:
+                raise self.fail("expected 'key: value'")
+            key, rest = split
+            self.i += 1
+            result[key] = self.value(rest, ind, sequence_at_same_indent=True)
+        return result
+
+    def sequence(self, ind: int) -> list[Any]:
+        items: list[Any] = []
+        while self.skip() < len(self.lines):
+            index = self.i
+            if self.indent(index) != ind:
+                if self.indent(index) > ind:
+                    raise self.fail("unexpected indentation")
+                break
+            content = self.lines[index][ind:]
+            if not (content == "-" or content.startswith("- ")):
+                break
+            after = content[1:]
+            body = after.lstrip(" ")
+            body, anchor = self.properties(body)
+            column = len(self.lines[index]) - len(body)
+            if (
+                body
+                and not body.startswith("#")
+                and (body == "-" or body.startswith("- ") or self.split_key(body) is not None)
+            ):
+                # "- key: value" or "- - item": the item is a node starting at this column.
+                self.lines[index] = " " * column + body
+                items.append(self.remember(anchor, self.block(column)))
+            else:
+                self.i += 1
+                items.append(self.remember(anchor, self.value(body, ind)))
+        return items
+
+    def value(self, rest: str, parent: int, sequence_at_same_indent: bool = False) -> Any:
+        """The value whose text starts with ``rest`` (after "key:" or "- "), continuing below ``parent``."""
+        rest, anchor = self.properties(rest.strip())
+        if rest.startswith("*"):
+            name = rest[1:].split()[0] if rest[1:].split() else ""
+            if name not in self.anchors:
+                raise self.fail(f"alias *{name} to no anchor", self.i - 1)
+            return self.anchors[name]
+        if not rest or rest.startswith("#"):
+            index = self.skip()
+            if index < len(self.lines) and self.lines[index].strip() not in ("...", "---"):
+                ind = self.indent(index)
+                content = self.lines[index][ind:]
+                if ind > parent or (
+                    sequence_at_same_indent and ind == parent and (content == "-" or content.startswith("- "))
+                ):
+                    return self.remember(anchor, self.block(ind))
+            return self.remember(anchor, None)
+        if rest[0] in "|>":
+            return self.remember(anchor, self.block_scalar(rest, parent))
+        if rest[0] in "\"'":
+            text, end = self.quoted(rest, parent)
+            if end.strip() and not end.strip().startswith("#"):
+                raise self.fail("text after a quoted value", self.i - 1)
+            return self.remember(anchor, text)
+        if rest[0] in "[{":
+            return self.remember(anchor, self.flow(rest, parent))
+        return self.remember(anchor, _scalar(self.plain(rest, parent)))
+
+    def remember(self, anchor: str | None, value: Any) -> Any:
+        if anchor:
+            self.anchors[anchor] = value
+        return value
+
+    def properties(self, text: str) -> tuple[str, str | None]:
+        """``text`` without a leading anchor (``&a``) and tag (``!ruby/object:X``); the anchor's name."""
+        anchor = None
+        while text[:1] in ("&", "!"):
+            token, _, text = text.partition(" ")
+            if token.startswith("&"):
+                anchor = token[1:]
+            text = text.lstrip(" ")
+        return text, anchor
+
+    def split_key(self, content: str) -> tuple[str, str] | None:
+        """("key", "rest") for a ``key: rest`` line, else None."""
+        if content[:1] and content[0] in "\"'":
+            try:
+                key, end = _quoted_scalar(content, 0)
+            except MetadataError:
+                return None
+            after = content[end:].lstrip(" ")
+            if after == ":" or after.startswith(": "):
+                return key, after[1:]
+            return None
+        if content[:1] in ("#", "[", "{", "|", ">", "*", "&", "!", "?", "%", "@", "`"):
+            return None
+        for match in re.finditer(r":(?= |$)", content):
+            key = content[: match.start()].rstrip()
+            if " #" in key or not key:
+                return None
+            return key, content[match.end() :]
+        return None
+
+    def plain(self, first: str, parent: int) -> str:
+        """A plain scalar: ``first`` and the more indented lines that continue it, folded into one line."""
+        head = _strip_comment(first)
+        if head != first.strip():
+            return head  # a comment ends the scalar
+        words = [head]
+        pending_breaks = 0
+        while self.i < len(self.lines):
+            line = self.lines[self.i]
+            if not line.strip():
+                pending_breaks += 1
+                self.i += 1
+                continue
+            if self.indent(self.i) <= parent or line.strip().startswith("#") or line.strip() in ("...", "---"):
+                break
+            body = line.strip()
+            if self.split_key(body) is not None or body.startswith("- "):
+                break
+            words.append("\n" * pending_breaks if pending_breaks else " ")
+            words.append(_strip_comment(body))
+            pending_breaks = 0
+            self.i += 1
+        self.i -= pending_breaks  # blank lines after the scalar are not part of it
+        return "".join(words)
+
+    def quoted(self, first: str, parent: int) -> tuple[str, str]:
+        """A quoted scalar starting ``first``, over as many lines as it takes; (value, rest of last line)."""
+        start = self.i - 1
+        text = first
+        while True:
+            try:
+                value, end = _quoted_scalar(text, 0)
+                return value, text[end:]
+            except MetadataError:
+                if self.i >= len(self.lines):
+                    raise self.fail("a quoted value is never closed", start) from None
+                text += "\n" + self.lines[self.i]
+                self.i += 1
+
+    def flow(self, first: str, parent: int) -> Any:
+        """A flow collection (``[]``, ``{}``, ``[a, 'b']``) over as many lines as it takes."""
+        start = self.i - 1
+        text = first
+        while True:
+            try:
+                value, end = _flow_node(text, 0)
+            except MetadataError:
+                if self.i >= len(self.lines):
+                    raise self.fail("a [ or { is never closed", start) from None
+                text += "\n" + self.lines[self.i]
+                self.i += 1
+                continue
+            if _strip_comment(text[end:]):
+                raise self.fail("text after a flow collection", self.i - 1)
+            return value
+
+    def block_scalar(self, header: str, parent: int) -> str:
+        """A literal (``|``) or folded (``>``) block, with its chomping (``-``, ``+``) and indentation digit."""
+        head = _strip_comment(header)
+        match = re.fullmatch(r"([|>])([-+]?)([1-9]?)([-+]?)", head)
+        if not match:
+            raise self.fail(f"unknown block scalar header {head!r}", self.i - 1)
+        style, chomp, digit = match[1], match[2] or match[4], match[3]
+        indent = parent + int(digit) if digit and parent >= 0 else (int(digit) if digit else None)
+        body: list[str] = []
+        while self.i < len(self.lines):
+            line = self.lines[self.i]
+            if not line.strip():
+                body.append("")
+                self.i += 1
+                continue
+            ind = len(line) - len(line.lstrip(" "))
+            if indent is None:
+                if ind <= parent:
+                    break
+                indent = ind
+            if ind < indent:
+                break
+            body.append(line[indent:])
+            self.i += 1
+        last = max((n for n, b in enumerate(body) if b.strip()), default=-1)
+        content, trailing = body[: last + 1], len(body) - last - 1
+        if style == "|":
+            text = "\n".join(content)
+        else:
+            text = _fold(content)
+        if chomp == "-" or not content:
+            return text
+        if chomp == "+":
+            return text + "\n" * (trailing + 1)
+        return text + "\n"
+
+
+def _fold(lines: list[str]) -> str:
+    """Folded block lines: single line breaks become spaces, except around more-indented lines."""
+    out = ""
+    for n, line in enumerate(lines):
+        if n == 0:
+            out = line
+        elif not line:
+            out += "\n"
+        elif not lines[n - 1] or line.startswith((" ", "\t")) or lines[n - 1].startswith((" ", "\t")):
+            out += ("" if not lines[n - 1] else "\n") + line
+        else:
+            out += " " + line
+    return out
+
+
+def _strip_comment(text: str) -> str:
+    """A plain scalar's text without a trailing `` # comment``."""
+    match = re.search(r"(^|\s)#", text)
+    return (text[: match.start()] if match else text).strip()
+
+
+def _scalar(text: str) -> Any:
+    """A plain scalar's value: null, a boolean, an int, a float, else the string itself."""
+    if text in ("", "~", "null", "Null", "NULL"):
+        return None
+    if text in ("true", "True", "TRUE"):
+        return True
+    if text in ("false", "False", "FALSE"):
+        return False
+    if _SCALAR_INT.fullmatch(text):
+        return int(text)
+    if _SCALAR_FLOAT.fullmatch(text):
+        return float(text)
+    if text.lower() in _SCALAR_SPECIAL:
+        return _SCALAR_SPECIAL[text.lower()]
+    return text
+
+
+def _quoted_scalar(text: str, start: int) -> tuple[str, int]:
+    """The quoted scalar at ``text[start]`` (line breaks folded as YAML does); (value, index after it)."""
+    quote = text[start]
+    out: list[str] = []
+    i = start + 1
+    while i < len(text):
+        c = text[i]
+        if c == quote:
+            if quote == "'" and text[i + 1 : i + 2] == "'":
+                out.append("'")
+                i += 2
+                continue
+            return "".join(out), i + 1
+        if c == "\\" and quote == '"':
+            nxt = text[i + 1 : i + 2]
+            if nxt == "\n":
+                i += 2
+                while i < len(text) and text[i] in " \t":
+                    i += 1
+                continue
+            if nxt in _ESCAPES:
+                out.append(_ESCAPES[nxt])
+                i += 2
+                continue
+            width = {"x": 2, "u": 4, "U": 8}.get(nxt)
+            digits = text[i + 2 : i + 2 + width] if width else ""
+            if not width or not re.fullmatch(r"[0-9A-Fa-f]+", digits or "-") or len(digits) != width:
+                raise MetadataError(f"unknown escape \\{nxt}")
+            out.append(chr(int(digits, 16)))
+            i += 2 + width
+            continue
+        if c == "\n":
+            while out and out[-1] in " \t":
+                out.pop()
+            breaks = 0
+            while i < len(text) and text[i] in " \t\n":
+                breaks += text[i] == "\n"
+                i += 1
+            out.append("\n" * (breaks - 1) if breaks > 1 else " ")
+            continue
+        out.append(c)
+        i += 1
+    raise MetadataError("unclosed quote")
+
+
+def _flow_node(text: str, i: int) -> tuple[Any, int]:
+    """A flow node at ``text[i]``: a [sequence], a {mapping}, a quoted or a plain scalar."""
+    i = _skip_space(text, i)
+    if i >= len(text):
+        raise MetadataError("unclosed flow collection")
+    c = text[i]
+    if c in "[{":
+        close = "]" if c == "[" else "}"
+        items: list[Any] = []
+        pairs: dict[Any, Any] = {}
+        i += 1
+        while True:
+            i = _skip_space(text, i)
+            if i >= len(text):
+                raise MetadataError("unclosed flow collection")
+            if text[i] == close:
+                return (items if c == "[" else pairs), i + 1
+            node, i = _flow_node(text, i)
+            i = _skip_space(text, i)
+            if c == "{" or text[i : i + 1] == ":":
+                if text[i : i + 1] != ":":
+                    pairs[node] = None
+                else:
+                    value, i = _flow_node(text, i + 1)
+                    i = _skip_space(text, i)
+                    if c == "[":
+                        items.append({node: value})
+                    else:
+                        pairs[node] = value
+            else:
+                items.append(node)
+            if text[i : i + 1] == ",":
+                i += 1
+            elif text[i : i + 1] != close:
+                raise MetadataError("expected , or the end of a flow collection")
+    if c in "\"'":
+        return _quoted_scalar(text, i)
+    match = re.compile(r"[^,\[\]{}\n]*?(?=\s*(?:[,\[\]{}\n]|: |:$|$))").match(text, i)
+    end = match.end() if match else i
+    return _scalar(text[i:end].strip()), end
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\n":
+        i += 1
+    return i
+
+
+# ---------------------------------------------------------------------------------------------
+# Canvas gradebook
+# ---------------------------------------------------------------------------------------------
+
+# Columns of a Canvas gradebook export that say who the student is (lib/gradebook_exporter.rb) ...
+_STUDENT_COLUMNS = {
+    "Student",
+    "LastName",
+    "FirstName",
+    "ID",
+    "SIS User ID",
+    "SIS Login ID",
+    "Integration ID",
+    "Root Account",
+    "Section",
+}
+# ... and the computed ones Canvas ignores on import (lib/gradebook_importer.rb).
+_COMPUTED_COLUMN = re.compile(
+    r"Current Score|Current Points|Current Grade|Final Score|Final Points|Final Grade|Override Score|Override Grade|Override Status"
+)
+_HIDDEN_ROW_CELL = re.compile(r"\s*(Muted|Manual Posting.*)?\s*", re.I)
+_TITLE_AND_ID = re.compile(r"(?P<title>.*?)\s*\((?P<id>\d+)\)\s*")
+
+
+@dataclasses.dataclass(frozen=True)
+class RosterReport:
+    """What ``write_canvas_roster`` wrote, and every student it could not match, in either direction."""
+
+    path: Path
+    column: str
+    added_column: bool
+    filled: tuple[str, ...]  # Canvas user ids whose cell was written
+    roster_without_result: tuple[tuple[str, str], ...]  # (user id, name) of roster rows left as they were
+    results_without_roster: tuple[str, ...]  # result keys that match no roster row's ID
+    notes: tuple[str, ...] = ()
+
+    def lines(self) -> list[str]:
+        """The report as lines for a terminal."""
+        how = "added as a new column (Canvas creates the assignment on import)" if self.added_column else "filled"
+        out = [f"{self.path}: column {self.column!r} {how}; {len(self.filled)} grade(s) written"]
+        if self.roster_without_result:
+            people = ", ".join(f"{name} ({uid})" if name else uid for uid, name in self.roster_without_result)
+            out.append(
+                f"{len(self.roster_without_result)} student(s) in the roster without a grade, left as they were: {people}"
+            )
+        if self.results_without_roster:
+            out.append(
+                f"{len(self.results_without_roster)} grade(s) for no student in the roster, not written: "
+                + ", ".join(self.results_without_roster)
+            )
+        out.extend(self.notes)
+        return out
+
+
+@dataclasses.dataclass
+class _Record:
+    raw: str  # the record's text as read, line terminator included
+    terminator: str
+    values: list[str]
+    fields: list[str] | None  # each field's text as written (quotes included); None if it cannot be split
+
+
+def write_canvas_roster(
+    roster_csv: Path,
+    out_csv: Path,
+    results: Mapping[str, float],
+    column: str | None,
+    points_possible: float,
+) -> RosterReport:
+    """Write ``roster_csv`` (a Canvas gradebook export) to ``out_csv`` with one assignment column filled.
+
+    ``results`` maps Canvas user ids (the ``ID`` column) to scores, already in the assignment's points.
+    ``column`` names the column: a header as exported (``L1L2 Exercise (12345)``), an assignment id,
+    or a title; None looks for a column titled ``DEFAULT_COLUMN``. A column that is not found is added
+    at the end with ``points_possible`` in the Points Possible row, and Canvas creates the assignment
+    when the file is imported. Every other cell, row, the delimiter (``,`` or ``;``), a byte-order mark
+    and the line endings are kept as they are; the file is replaced atomically and left 0644.
+    """
+    raw = roster_csv.read_bytes()
+    bom = raw.startswith(codecs.BOM_UTF8)
+    body = raw[len(codecs.BOM_UTF8) :] if bom else raw
+    try:
+        text, encoding = body.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        # Not UTF-8 (an export in another encoding): latin-1 maps each byte to one character and back.
+        text, encoding = body.decode("latin-1"), "latin-1"
+    lines = re.findall(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$", text)
+    delimiter = _delimiter(lines)
+    records = _records(lines, delimiter)
+    kinds = _row_kinds(records)
+    if "header" not in kinds:
+        raise ValueError(f"{roster_csv}: empty file; export the gradebook from Canvas (Grades > Export)")
+    header = [v.strip() for v in records[kinds.index("header")].values]
+    if "ID" not in header:
+        raise ValueError(f"{roster_csv}: no ID column; is this a Canvas gradebook export (Grades > Export)?")
+    id_col = header.index("ID")
+    name_cols = [header.index(h) for h in ("Student", "LastName", "FirstName") if h in header]
+    points_row = next((r for r, k in zip(records, kinds) if k == "points"), None)
+    comma = any(re.fullmatch(r"-?\d+,\d+", v.strip()) for v in (points_row.values if points_row else []))
+    index, title = _find_column(header, column)
+    notes: list[str] = []
+    added = index is None
+    if index is None:
+        index = len(header)
+        title = column or DEFAULT_COLUMN
+    elif points_row is not None and index < len(points_row.values):
+        cell = points_row.values[index].strip()
+        if re.search(r"read\s+only", cell):
+            raise ValueError(f"{roster_csv}: column {title!r} is read only in Canvas; choose an assignment column")
+        try:
+            possible = float(cell.replace(",", "."))
+        except ValueError:
+            possible = None
+        if possible is not None and not math.isclose(possible, points_possible):
+            notes.append(
+                f"column {title!r} is worth {cell} points in Canvas, the grader's scores are out of {_number(points_possible, False)}"
+            )
+    wanted = {str(k).strip(): v for k, v in results.items()}
+    filled: list[str] = []
+    without: list[tuple[str, str]] = []
+    seen_ids: dict[str, int] = {}
+    out: list[str] = []
+    for record, kind in zip(records, kinds):
+        if kind == "blank":
+            out.append(record.raw)
+            continue
+        if kind == "header":
+            value = title if added else None
+        elif kind == "points":
+            value = _number(points_possible, comma) if added else None
+        elif kind == "hidden":
+            value = "" if added else None
+        else:
+            uid = record.values[id_col].strip() if id_col < len(record.values) else ""
+            seen_ids[uid] = seen_ids.get(uid, 0) + 1
+            if uid in wanted:
+                value = _number(wanted[uid], comma)
+                filled.append(uid)
+            else:
+                value = "" if added else None
+                name = " ".join(record.values[c].strip() for c in name_cols if c < len(record.values))
+                without.append((uid, name))
+        out.append(record.raw if value is None else _with_cell(record, index, value, delimiter, len(header)))
+    duplicates = sorted(uid for uid, n in seen_ids.items() if n > 1 and uid)
+    if duplicates:
+        notes.append(f"ID(s) on more than one roster row, each filled: {', '.join(duplicates)}")
+    try:
+        data = "".join(out).encode(encoding)
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{roster_csv} is not UTF-8, and column {title!r} cannot be written in it; use an ASCII name"
+        ) from None
+    _write_atomic(out_csv, (codecs.BOM_UTF8 if bom else b"") + data)
+    return RosterReport(
+        path=out_csv,
+        column=title,
+        added_column=added,
+        filled=tuple(dict.fromkeys(filled)),
+        roster_without_result=tuple(without),
+        results_without_roster=tuple(sorted(k for k in wanted if k not in seen_ids)),
+        notes=tuple(notes),
+    )
+
+
+def _delimiter(lines: list[str]) -> str:
+    """``;`` or ``,``, chosen as Canvas's importer chooses: the one that splits the first lines evenly into more fields."""
+    counts = {}
+    for sep in (";", ","):
+        sizes = set()
+        for line in lines[:3]:
+            try:
+                sizes.add(len(next(csv.reader([line], delimiter=sep), [])))
+            except csv.Error:
+                sizes.add(-1)
+        counts[sep] = sizes.pop() if len(sizes) == 1 else 0
+    return ";" if counts[";"] > counts[","] else ","
+
+
+def _records(lines: list[str], delimiter: str) -> list[_Record]:
+    """The CSV records with the text each came from, so that untouched ones are written back unchanged."""
+    reader = csv.reader(iter(lines), delimiter=delimiter)
+    records: list[_Record] = []
+    consumed = 0
+    for values in reader:
+        raw = "".join(lines[consumed : reader.line_num])
+        consumed = reader.line_num
+        ending = re.search(r"(?:\r\n|\r|\n)\Z", raw)
+        terminator = ending[0] if ending else ""
+        fields = _split_fields(raw[: len(raw) - len(terminator)], delimiter)
+        records.append(_Record(raw, terminator, list(values), fields if len(fields) == len(values) else None))
+    return records
+
+
+def _split_fields(content: str, delimiter: str) -> list[str]:
+    """A record's fields as written, quotes and all."""
+    fields = []
+    i = 0
+    while True:
+        j = i
+        if content[i : i + 1] == '"':
+            j = i + 1
+            while j < len(content):
+                if content[j] == '"':
+                    if content[j + 1 : j + 2] == '"':
+                        j += 2
+                        continue
+                    break
+                j += 1
+        end = content.find(delimiter, j)
+        end = len(content) if end == -1 else end
+        fields.append(content[i:end])
+        if end >= len(content):
+            return fields
+        i = end + 1
+
+
+def _row_kinds(records: list[_Record]) -> list[str]:
+    """Each record's part: header, points (Points Possible), hidden (the Muted / Manual Posting row),
+    blank, or student; told apart as Canvas's importer tells them apart."""
+    kinds = []
+    for record in records:
+        if not any(v.strip() for v in record.values):
+            kinds.append("blank")
+        elif "header" not in kinds:
+            kinds.append("header")
+        elif "Points Possible" in record.values[0]:
+            kinds.append("points")
+        elif all(_HIDDEN_ROW_CELL.fullmatch(v) for v in record.values):
+            kinds.append("hidden")
+        else:
+            kinds.append("student")
+    return kinds
+
+
+def _find_column(header: list[str], column: str | None) -> tuple[int | None, str]:
+    """The index and header of the assignment column ``column`` names (None: not there, to be added)."""
+    assignments = [
+        i for i, h in enumerate(header) if h and h not in _STUDENT_COLUMNS and not _COMPUTED_COLUMN.search(h)
+    ]
+    if column is not None:
+        wanted = column.strip()
+        exact = [i for i in assignments if header[i] == wanted]
+        if len(exact) == 1:
+            return exact[0], header[exact[0]]
+        if wanted.isdigit():
+            by_id = [i for i in assignments if (m := _TITLE_AND_ID.fullmatch(header[i])) and m["id"] == wanted]
+            if len(by_id) == 1:
+                return by_id[0], header[by_id[0]]
+            if not by_id:
+                raise ValueError(f"no assignment column has id {wanted}; columns: {_listing(header, assignments)}")
+    titled = [i for i in assignments if _same_title(header[i], column or DEFAULT_COLUMN)]
+    if len(titled) == 1:
+        return titled[0], header[titled[0]]
+    if len(titled) > 1:
+        raise ValueError(
+            f"several columns are titled {column or DEFAULT_COLUMN!r}: {_listing(header, titled)}; "
+            "name one exactly (with its id in parentheses)"
+        )
+    return None, column or DEFAULT_COLUMN
+
+
+def _same_title(header: str, title: str) -> bool:
+    match = _TITLE_AND_ID.fullmatch(header)
+    name = match["title"] if match else header
+    return " ".join(name.split()).casefold() == " ".join(title.split()).casefold()
+
+
+def _listing(header: list[str], indices: list[int]) -> str:
+    return ", ".join(repr(header[i]) for i in indices) or "none"
+
+
+def _number(value: float, comma: bool) -> str:
+    """A score as Canvas writes one: at most two decimals, no trailing zeros."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"score {value!r} is not a number")
+    text = f"{round(number, 2):.2f}".rstrip("0").rstrip(".")
+    text = "0" if text in ("-0", "") else text
+    return text.replace(".", ",") if comma else text
+
+
+def _with_cell(record: _Record, index: int, value: str, delimiter: str, width: int) -> str:
+    """The record's text with field ``index`` set to ``value`` (a new last field when index == width)."""
+    if record.fields is not None:
+        fields = list(record.fields)
+        if index >= len(fields):
+            fields += [""] * (index + 1 - len(fields))
+        fields[index] = _quote(value, delimiter)
+        return delimiter.join(fields) + record.terminator
+    values = list(record.values)
+    if index >= len(values):
+        values += [""] * (index + 1 - len(values))
+    values[index] = value
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=delimiter, lineterminator=record.terminator).writerow(values)
+    return buf.getvalue()
+
+
+def _quote(value: str, delimiter: str) -> str:
+    if any(c in value for c in (delimiter, '"', "\r", "\n")) or value != value.strip():
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
