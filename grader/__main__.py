@@ -169,6 +169,8 @@ def format_result(result: SubmissionResult) -> str:
         lines.append(textwrap.fill(f"Status: {result.status}. {result.reason}", width))
         lines.append("")
     for c in result.checks:
+        if c.visibility == "hidden":  # the instructor's checks: not part of a student's feedback
+            continue
         verdict = "PASS" if c.passed else "FAIL"
         points = f"{c.score:g}/{c.max_score:g}"
         lines.append(f"{verdict}  {points:>5}  {c.id}")

@@ -33,6 +33,7 @@ CHECK_IDS = (
     "integrity.reported_metrics",
     "integrity.no_test_leakage",
 )
+VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")  # Gradescope's test visibility
 KIND_NAME = {"l1": "L1", "l2": "L2", "l1_l2": "L1L2 (both L1 and L2)", "other": "a custom"}
 
 
@@ -41,7 +42,9 @@ class CheckSpec:
     id: str
     points: float
     description: str
-    note: str  # why a check carries no points, when it does not
+    note: str  # for the instructor: why a check carries no points, what a failure means
+    visibility: str = "visible"  # Gradescope's: visible | hidden | after_due_date | after_published
+    flag: bool = False  # a failure is an integrity concern for the instructor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +86,17 @@ def load_rubric(path: Path = RUBRIC_PATH) -> Rubric:
         points = entry.get("points")
         if isinstance(points, bool) or not isinstance(points, (int, float)) or points < 0:
             raise RubricError(f"{path}: [checks.\"{cid}\"] points must be a number >= 0, got {points!r}")
-        checks[cid] = CheckSpec(cid, float(points), str(entry.get("description", "")), str(entry.get("note", "")))
+        visibility = entry.get("visibility", "visible")
+        if visibility not in VISIBILITIES:
+            raise RubricError(
+                f"{path}: [checks.\"{cid}\"] visibility must be one of {', '.join(VISIBILITIES)}, got {visibility!r}"
+            )
+        flag = entry.get("flag", False)
+        if not isinstance(flag, bool):
+            raise RubricError(f"{path}: [checks.\"{cid}\"] flag must be true or false, got {flag!r}")
+        checks[cid] = CheckSpec(
+            cid, float(points), str(entry.get("description", "")), str(entry.get("note", "")), visibility, flag
+        )
     return Rubric(checks, dict(data.get("settings", {})))
 
 
@@ -242,9 +255,12 @@ def untrained_explanation(m: ModelEvidence) -> str:
 
 def _result(spec: CheckSpec, passed: bool, message: str, **details: Any) -> CheckResult:
     score = spec.points if passed else 0.0
-    if spec.points == 0 and spec.note:
-        message = f"{message} (Informational, 0 points: {spec.note})"
-    return CheckResult(spec.id, passed, score, spec.points, message, details)
+    if spec.points == 0:
+        message = f"{message} (Informational: this check carries no points.)"
+    return CheckResult(
+        spec.id, passed, score, spec.points, message, details,
+        visibility=spec.visibility, flag=spec.flag, instructor_note=spec.note,
+    )
 
 
 def check_runs(ev: Evidence, spec: CheckSpec) -> CheckResult:
@@ -739,11 +755,21 @@ def run_checks(ev: Evidence, rubric: Rubric, bounds: Bounds) -> list[CheckResult
             results.append(table[cid](spec))
         except Exception as exc:  # a grader bug must cost the student nothing silently: fail, with the reason
             results.append(
-                CheckResult(cid, False, 0.0, spec.points, f"Autograder error in this check: {type(exc).__name__}: {exc}", {})
+                CheckResult(
+                    cid, False, 0.0, spec.points, f"Autograder error in this check: {type(exc).__name__}: {exc}", {},
+                    visibility=spec.visibility, instructor_note=spec.note,
+                )
             )
     return results
 
 
 def failed_all(rubric: Rubric, message: str) -> list[CheckResult]:
     """Every check failed for the same reason (invalid file, grader crash)."""
-    return [CheckResult(cid, False, 0.0, rubric.checks[cid].points, message, {}) for cid in CHECK_IDS]
+    # Nothing was examined, so nothing is flagged.
+    return [
+        CheckResult(
+            cid, False, 0.0, rubric.checks[cid].points, message, {},
+            visibility=rubric.checks[cid].visibility, instructor_note=rubric.checks[cid].note,
+        )
+        for cid in CHECK_IDS
+    ]

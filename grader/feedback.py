@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator
 from PIL import Image
 
-from grader import checks
+from grader import checks, report
 from grader.checks import Bounds
 from grader.outputs import STUDENTS, student_dir, write_atomic
 from grader.records import CellOutcome, CheckResult, Evidence, ModelEvidence, SubmissionResult, from_jsonable
@@ -89,7 +89,7 @@ def write_feedback(
         "score": _fmt(result.score),
         "max_score": _fmt(result.max_score),
         "passed_all": all(c.passed for c in result.checks if c.max_score > 0),
-        "checks": [_check_view(c) for c in result.checks],
+        "checks": [_check_view(c) for c in result.checks if c.visibility != "hidden"],  # the student's page
         "evidence": evidence,
         "parts": parts,
         "models": [] if evidence is None else _models_table(evidence),
@@ -135,8 +135,26 @@ def write_index(
                 "score": _fmt(r.score),
                 "max_score": _fmt(r.max_score),
                 "failed": [c.id for c in r.checks if not c.passed and c.max_score > 0],
+                "flags": report.flags(r),
+                "student": ", ".join(x for x in (r.name, r.student_id) if x),
+                "late": r.late,
             }
             for r in ordered
+        ],
+        "flagged": [
+            {
+                "key": r.key,
+                "href": f"{STUDENTS}/{urllib.parse.quote(r.key, safe='')}/results.json",
+                "items": [
+                    {"id": c.id, "message": c.message, "note": c.instructor_note}
+                    for c in r.checks
+                    if c.flag and not c.passed
+                ]
+                + ([{"id": "unsandboxed", "message": "ran without " + "; ".join(r.unsandboxed), "note": ""}]
+                   if r.unsandboxed else []),
+            }
+            for r in ordered
+            if report.flags(r)
         ],
         "baseline_note": _baseline_note(baseline),
         "unsandboxed": sorted({m for r in results for m in r.unsandboxed}),

@@ -316,6 +316,10 @@ class Grader:
                 TrainedModel(m.key, m.cell, m.dataset, m.train_seconds, m.epochs) for m in (evidence.models if evidence else [])
             ],
             unsandboxed=sandbox.unmet() if evidence is not None else [],
+            student_id=sub.student_id,
+            name=sub.name,
+            late=sub.late,
+            notes=list(sub.notes),
         )
         from grader import feedback
 

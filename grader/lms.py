@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from grader.outputs import write_atomic
 from grader.submissions import Submission, discover
 
 CANVAS, GRADESCOPE = "canvas", "gradescope"
@@ -1165,7 +1166,7 @@ def write_canvas_roster(
         raise ValueError(
             f"{roster_csv} is not UTF-8, and column {title!r} cannot be written in it; use an ASCII name"
         ) from None
-    _write_atomic(out_csv, (codecs.BOM_UTF8 if bom else b"") + data)
+    write_atomic(out_csv, (codecs.BOM_UTF8 if bom else b"") + data)
     return RosterReport(
         path=out_csv,
         column=title,
@@ -1317,16 +1318,3 @@ def _quote(value: str, delimiter: str) -> str:
     return value
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -141,6 +141,12 @@ SETTINGS: dict[str, Setting] = {
                 "the rubric file (points and settings); default grader/rubric.toml", "FILE"),
         Setting("data_cache", "--data-cache", "GRADER_DATA_CACHE", "~/.cache/l1l2-grader", path,
                 "where the data served to kernels is prepared once per dataset version and kept for later runs", "DIR"),
+        Setting("roster", "--roster", "GRADER_ROSTER", None, path,
+                "a Canvas gradebook export (CSV): written back as canvas-import.csv in the grades dir with this "
+                "exercise's column filled, for Canvas's gradebook import", "FILE"),
+        Setting("roster_column", "--roster-column", "GRADER_ROSTER_COLUMN", None, str,
+                "the roster's column for this exercise (its header, assignment id or title); default: the column "
+                "titled 'L1/L2 Regularization Exercise', added when missing", "NAME"),
         Setting("sandbox", "--sandbox", "GRADER_SANDBOX", "required", choice(*SANDBOX_MODES),
                 "required: refuse to run notebooks unless bubblewrap and the memory and process limits work; "
                 "off: run with whatever isolation this machine has, for a machine that is itself a sandbox "
@@ -179,11 +185,14 @@ def describe(name: str) -> str:
 
 
 def check_submissions(folder: Path, flag: str = "--submissions") -> None:
-    """The submissions folder exists and holds at least one notebook (at its top or one folder down)."""
+    """A plain submissions folder exists and holds at least one notebook (at any depth)."""
     if not folder.exists():
-        raise UsageError(f"{flag}: no such folder: {folder}")
+        raise UsageError(f"{flag}: no such folder or zip: {folder}")
     if not folder.is_dir():
-        raise UsageError(f"{flag}: not a folder: {folder} (give the folder that holds the students' notebooks)")
+        raise UsageError(
+            f"{flag}: {folder} is neither a folder nor a zip (give the folder of the students' notebooks, "
+            "or a Canvas or Gradescope download)"
+        )
     try:
         found = any(
             p.suffix.lower() == ".ipynb" and not any(part.startswith(".") for part in p.relative_to(folder).parts)
@@ -219,6 +228,15 @@ def check_writable_dir(folder: Path, flag: str) -> None:
 def check_data_dir(folder: Path | None, flag: str = "--data-dir") -> None:
     if folder is not None and not folder.is_dir():
         raise UsageError(f"{flag}: no such folder: {folder}")
+
+
+def check_readable_file(file: Path | None, flag: str) -> None:
+    if file is None:
+        return
+    if not file.is_file():
+        raise UsageError(f"{flag}: no such file: {file}")
+    if not os.access(file, os.R_OK):
+        raise UsageError(f"{flag}: cannot read {file}")
 
 
 def check_rubric(rubric_path: Path, flag: str = "--rubric") -> None:

@@ -40,6 +40,8 @@ def write_atomic(path: Path, content: str | bytes | Callable[[IO[bytes]], None])
                 fh.write(content)
             else:
                 content(fh)
+            fh.flush()
+            os.fsync(fh.fileno())  # a gradebook survives a crash or power cut right after the run
         os.chmod(tmp, SHARED_MODE)  # mkstemp makes files private
         os.replace(tmp, path)
     except BaseException:

@@ -15,22 +15,24 @@ from typing import Any
 
 import pytest
 
-from grader import checks, options, report
+from grader import checks, lms, options, report
 from grader.grade import Grader, GradingConfig
 from grader.outputs import STUDENTS
 from grader.records import SubmissionResult
-from grader.submissions import Submission, discover
+from grader.submissions import Submission
 
 CONFIG_KEY = pytest.StashKey[GradingConfig]()
 GRADER_KEY = pytest.StashKey[Grader]()
 RESULTS_KEY = pytest.StashKey[dict[str, SubmissionResult]]()
 SUBMISSIONS_KEY = pytest.StashKey[list[Submission]]()
+DOWNLOAD_KEY = pytest.StashKey["lms.Download"]()
 
 # The settings this front end offers (grader/options.py declares each one once).
 PLUGIN_SETTINGS = (
     "submissions", "grades_dir", "profile", "data_dir", "cell_timeout", "notebook_timeout", "seed",
-    "memory_limit", "threads", "rubric", "data_cache", "sandbox",
+    "memory_limit", "threads", "rubric", "data_cache", "sandbox", "roster", "roster_column",
 )
+ROSTER_OUTPUT = "canvas-import.csv"  # the filled Canvas gradebook, in the grades dir
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -72,7 +74,8 @@ def grading_config(config: pytest.Config) -> GradingConfig:
             cache_dir=(root / _setting(config, "data_cache")).resolve(),
             force=bool(config.getoption("--force")),
             memory_limit=_setting(config, "memory_limit"),
-            hidden=(_submissions_dir(config),),
+            # A download's zip is hidden with the folder it lies in (bubblewrap hides folders).
+            hidden=(_submissions_dir(config) if _submissions_dir(config).is_dir() else _submissions_dir(config).parent,),
             rubric_path=(root / rubric).resolve() if rubric else checks.RUBRIC_PATH,
             threads=threads,
             # One notebook at a time: its page's figures may use every core (under xdist, the other
@@ -99,17 +102,22 @@ def grading_requested(config: pytest.Config) -> bool:
 def validate(config: pytest.Config) -> None:
     """Every setting, folder and the sandbox, checked before anything is collected or run."""
     cfg = grading_config(config)
+    folder = _submissions_dir(config)
     try:
-        options.check_submissions(_submissions_dir(config))
+        if not folder.is_file():  # a zip is checked as it is read (submissions_of)
+            options.check_submissions(folder)
         options.check_writable_dir(cfg.grades_dir, "--grades-dir")
         options.check_writable_dir(cfg.data_cache, "--data-cache")
         options.check_data_dir(cfg.data_dir)
         options.check_rubric(cfg.rubric_path)
+        options.check_readable_file(_setting(config, "roster"), "--roster")
         if not config.getoption("collectonly", False):
             options.check_sandbox(cfg.sandbox)
     except options.UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     check_baseline(config)
+    if not submissions_of(config):
+        raise pytest.UsageError(f"--submissions: no submission was found in {folder}")
 
 
 def available_cores() -> int:
@@ -209,12 +217,17 @@ def pytest_report_header_without_benchmark(config: pytest.Config) -> Generator[N
 
 
 def submissions_of(config: pytest.Config) -> list[Submission]:
+    """The submissions: a plain folder's notebooks, or a Canvas or Gradescope download's (grader/lms.py),
+    a zip being extracted once into the grades dir's ``_lms/`` (hidden from the kernels with it)."""
     if SUBMISSIONS_KEY not in config.stash:
         folder = _submissions_dir(config)
         try:
-            config.stash[SUBMISSIONS_KEY] = discover(folder)
-        except FileNotFoundError as exc:
-            raise pytest.UsageError(str(exc)) from None
+            download = lms.load(folder, extract_to=grading_config(config).grades_dir / "_lms")
+        except (FileNotFoundError, ValueError) as exc:
+            message = str(exc)
+            raise pytest.UsageError(message if message.startswith("--submissions") else f"--submissions: {message}") from None
+        config.stash[SUBMISSIONS_KEY] = list(download.submissions)
+        config.stash[DOWNLOAD_KEY] = download
     return config.stash[SUBMISSIONS_KEY]
 
 
@@ -397,6 +410,7 @@ def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
 
 
 OUTPUT_PROBLEMS_KEY = pytest.StashKey[list[str]]()
+ROSTER_KEY = pytest.StashKey[list[str]]()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -451,7 +465,20 @@ def _write_class_outputs(config: pytest.Config) -> None:
             processes=available_cores(),  # every notebook is done: the class page may use every core
         )
 
-    for name, write in (("gradebook.csv", gradebook), ("index.html", index)):
+    def roster() -> None:
+        source = _setting(config, "roster")
+        if source is None:
+            return
+        written = lms.write_canvas_roster(
+            source,
+            cfg.grades_dir / ROSTER_OUTPUT,
+            {r.student_id or r.key: r.score for r in results},
+            _setting(config, "roster_column"),
+            points_possible=results[0].max_score,
+        )
+        config.stash[ROSTER_KEY] = written.lines()
+
+    for name, write in (("gradebook.csv", gradebook), ("index.html", index), (ROSTER_OUTPUT, roster)):
         try:
             write()
         except Exception as exc:  # reported in one line; the other outputs are still written
@@ -479,5 +506,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(f"\ngradebook: {grades_dir / 'gradebook.csv'}")
         terminalreporter.write_line(f"class overview: {grades_dir / 'index.html'}")
         terminalreporter.write_line(f"per-student results and feedback: {grades_dir / STUDENTS}/<submission>/")
+    download = config.stash.get(DOWNLOAD_KEY, None)
+    if download is not None and download.lms:
+        terminalreporter.write_line(f"read as a {download.lms.capitalize()} download: {download.root}")
+    if download is not None and download.skipped:
+        terminalreporter.write_line(f"not graded ({len(download.skipped)}): " + "; ".join(download.skipped))
+    for line in config.stash.get(ROSTER_KEY, []):
+        terminalreporter.write_line(f"roster: {line}")
     for line in problems:
         terminalreporter.write_line(f"ERROR: {line}", red=True)

@@ -237,8 +237,11 @@ class CheckResult:
     passed: bool
     score: float
     max_score: float
-    message: str
+    message: str  # for the student, in the exercise's terms
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    visibility: str = "visible"  # who sees it (the rubric's; Gradescope's values)
+    flag: bool = False  # a failure is an integrity concern (the rubric's)
+    instructor_note: str = ""  # for instructor outputs only (the rubric's note)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,6 +273,11 @@ class SubmissionResult:
     seed: int
     models: list[TrainedModel] = dataclasses.field(default_factory=list)  # every captured model, in training order
     unsandboxed: list[str] = dataclasses.field(default_factory=list)  # protections missing when the notebook ran
+    # Who it belongs to, where the submissions came from an LMS download (grader/lms.py).
+    student_id: str = ""
+    name: str = ""
+    late: bool = False
+    notes: list[str] = dataclasses.field(default_factory=list)  # about the download (earlier files ignored, ...)
 
 
 @dataclasses.dataclass(frozen=True)

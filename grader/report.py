@@ -37,6 +37,7 @@ def gradescope_results(result: SubmissionResult, leaderboard: list[dict[str, Any
                 "max_score": c.max_score,
                 "status": "passed" if c.passed else "failed",
                 "output": c.message,
+                "visibility": c.visibility,
             }
             for c in result.checks
         ],
@@ -87,20 +88,37 @@ def read_result(grades_dir: Path, key: str) -> SubmissionResult | None:
     return from_jsonable(SubmissionResult, data["extra_data"]["submission"])
 
 
+def flags(result: SubmissionResult) -> list[str]:
+    """What an instructor should follow up: failed checks the rubric flags, and an unsandboxed execution."""
+    out = [c.id for c in result.checks if c.flag and not c.passed]
+    if result.unsandboxed:
+        out.append("unsandboxed")
+    return out
+
+
+GRADEBOOK_COLUMNS = ("submission", "student_id", "name", "late", "score", "max_score", "status", "flags", "failed_checks")
+
+
 def write_gradebook(grades_dir: Path, results: Iterable[SubmissionResult], check_ids: Iterable[str]) -> Path:
-    """One row per submission: submission, score, max_score, status, then each check's score."""
+    """One row per submission: who, score, status, the flags and every failed check (with or without
+    points), then each check's points."""
     ids = list(check_ids)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["submission", "score", "max_score", "status", *ids])
+    writer.writerow([*GRADEBOOK_COLUMNS, *ids])
     for r in sorted(results, key=lambda r: r.key):
         scores = {c.id: c.score for c in r.checks}
-        writer.writerow([r.key, _fmt(r.score), _fmt(r.max_score), r.status, *(_fmt(scores.get(i, 0.0)) for i in ids)])
+        failed = [c.id for c in r.checks if not c.passed]
+        writer.writerow([
+            r.key, r.student_id, r.name, "yes" if r.late else "", _fmt(r.score), _fmt(r.max_score), r.status,
+            " ".join(flags(r)), " ".join(failed), *(_fmt(scores.get(i, 0.0)) for i in ids),
+        ])
     return write_atomic(grades_dir / "gradebook.csv", buf.getvalue())
 
 
 def summary_table(results: Iterable[SubmissionResult]) -> str:
-    """A plain-text table, one row per submission: score / max, status, and the checks that failed."""
+    """A plain-text table, one row per submission: score / max, status, the checks with points that
+    failed; then the flagged submissions, one line each, for the instructor to follow up."""
     rows = sorted(results, key=lambda r: r.key)
     if not rows:
         return "No submissions were graded."
@@ -111,4 +129,10 @@ def summary_table(results: Iterable[SubmissionResult]) -> str:
         failed = [c.id for c in r.checks if not c.passed and c.max_score > 0]
         score = f"{_fmt(r.score)} / {_fmt(r.max_score)}"
         lines.append(f"{r.key:<{key_w}}  {score:>11}  {r.status:<11}  {', '.join(failed) if failed else '-'}")
+    flagged = [(r, flags(r)) for r in rows if flags(r)]
+    if flagged:
+        lines.append("")
+        lines.append(f"Flagged for follow-up ({len(flagged)}):")
+        for r, found in flagged:
+            lines.append(f"  {r.key}: {', '.join(found)}")
     return "\n".join(lines)

@@ -31,4 +31,5 @@ def test_check(submission: str, check: str, request: pytest.FixtureRequest) -> N
     verdict = next(c for c in result.checks if c.id == check)
     points = f"[{verdict.score:g}/{verdict.max_score:g} points]"
     if not verdict.passed:
-        pytest.fail(f"{points} {verdict.message}", pytrace=False)
+        note = f" [instructor: {verdict.instructor_note}]" if verdict.instructor_note else ""
+        pytest.fail(f"{points} {verdict.message}{note}", pytrace=False)

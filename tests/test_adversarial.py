@@ -103,6 +103,8 @@ EXPECTED_STATUS: dict[str, str] = {
     "writing_outside_the_job_dir_fails": "graded",
     "environment_is_scrubbed": "graded",
     "faked_metrics_do_not_change_the_score": "graded",
+    "printed_metrics_that_disagree_are_flagged": "graded",
+    "training_on_the_test_set_is_flagged": "graded",
     "forged_results_file_is_ignored": "graded",
     "forged_job_files_are_not_trusted": "error",
     "execution_metadata_is_ignored": "graded",
@@ -547,7 +549,9 @@ def test_each_notebook_gets_its_expected_status_and_score(run: Run, key: str) ->
     sub = submission(run, key)
     assert sub["status"] == EXPECTED_STATUS[key], sub["reason"]
     if key != CONTROL:
-        assert results(run, key)["score"] == 0
+        # Only the flagged L1 CNN earns something: its penalty is real (cnn.l1_regularizer); the rest score 0.
+        expected = 2.0 if key == "printed_metrics_that_disagree_are_flagged" else 0
+        assert results(run, key)["score"] == expected
     if key in INVALID_REASONS:
         assert INVALID_REASONS[key] in sub["reason"]
         assert all(INVALID_REASONS[key] in t["output"] for t in results(run, key)["tests"])
@@ -829,6 +833,29 @@ def test_monkeypatching_and_overwritten_metrics_change_only_what_is_printed(run:
     assert "Test accuracy with L1 regularization: 0.99" in output(run, key, "overwrite")
     assert evidence(run, key)["models"] == []  # the patched fit trained nothing, so nothing was captured
     assert results(run, key)["score"] == 0
+
+
+FLAGGED = {
+    "printed_metrics_that_disagree_are_flagged": "integrity.reported_metrics",
+    "training_on_the_test_set_is_flagged": "integrity.no_test_leakage",
+}
+
+
+def test_integrity_problems_are_flagged_for_the_instructor_and_hidden_from_the_student(run: Run) -> None:
+    with open(run.grades / "gradebook.csv", newline="") as fh:
+        rows = {row["submission"]: row for row in csv.DictReader(fh)}
+    summary = run.output.split("= grades =")[-1]
+    index = (run.grades / "index.html").read_text()
+    flagged_section = index.split('id="flagged"')[1].split("</section>")[0]
+    for key, check in FLAGGED.items():
+        assert rows[key]["flags"].split() == [check], rows[key]
+        assert f"  {key}: {check}" in summary, summary
+        assert key in flagged_section and check in flagged_section
+        test = next(t for t in results(run, key)["tests"] if t["name"] == check)
+        assert test["status"] == "failed" and test["visibility"] == "hidden"
+        page = (run.grades / "students" / key / "feedback.html").read_text()
+        assert f"<code>{check}</code>" not in page, "the student's page does not say what was detected"
+    assert rows[CONTROL]["flags"] == "" and CONTROL not in flagged_section  # a clean notebook is not flagged
 
 
 def test_a_forged_results_file_changes_nothing(run: Run) -> None:

@@ -531,11 +531,22 @@ def test_informational_checks_say_they_carry_no_points(rubric: Rubric, bounds: B
 
     sparsity = results["recap.l1_sparsity"]
     assert not sparsity.passed and sparsity.max_score == 0
-    assert "(Informational, 0 points: on this small model" in sparsity.message
+    assert "(Informational: this check carries no points.)" in sparsity.message
+    assert sparsity.instructor_note.startswith("on this small model")
     for cid in ("integrity.reported_metrics", "integrity.no_test_leakage"):
-        assert "Informational, 0 points" in results[cid].message
-    assert "Informational, 0 points: measured on the calibration corpus" in results["recap.l1_mse"].message
+        assert "(Informational: this check carries no points.)" in results[cid].message
+    assert results["recap.l1_mse"].instructor_note.startswith("measured on the calibration corpus")
     assert "Informational" not in results["cnn.l1_accuracy"].message
+
+
+def test_student_messages_carry_no_calibration_jargon_and_integrity_checks_are_hidden(
+    rubric: Rubric, bounds: Bounds
+) -> None:
+    ev = evidence(models=[recap_model("l1", near_zero=0.0), *evidence().models[1:]])
+    for c in results_by_id(ev, rubric, bounds).values():
+        assert "calibration" not in c.message and "false-pass" not in c.message, c.id
+        assert c.visibility == ("hidden" if c.id.startswith("integrity.") else "visible"), c.id
+        assert c.flag is c.id.startswith("integrity."), c.id
 
 
 # ------------------------------------------------------------------------------------------------

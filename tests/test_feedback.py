@@ -304,7 +304,8 @@ def test_pages_are_self_contained(pages: dict[str, Path], key: str) -> None:
 def test_feedback_shows_score_status_and_every_check_escaped(pages: dict[str, Path]) -> None:
     text, _ = parse(pages["alice"])
     for cid in checks.CHECK_IDS:
-        assert f"<code>{cid}</code>" in text
+        # Integrity checks are the instructor's (hidden in the rubric): not on the student's page.
+        assert (f"<code>{cid}</code>" in text) is (not cid.startswith("integrity."))
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in text
     assert "<script>" not in text
     assert "<img src=x" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
@@ -319,7 +320,10 @@ def test_feedback_messages_are_the_check_messages(
     r = results[key]
     text = pages[key].read_text()
     for c in r.checks:
-        assert str(markupsafe.escape(c.message)) in text, c.id
+        if c.visibility == "hidden":
+            assert f"<code>{c.id}</code>" not in text, c.id
+        else:
+            assert str(markupsafe.escape(c.message)) in text, c.id
         assert ("PASS" if c.passed else "FAIL") in text
 
 
@@ -622,7 +626,7 @@ def test_selfcheck_prints_checks_writes_the_page_and_sets_the_exit_status(
     page = tmp_path / "grades-selfcheck" / "students" / "homework" / "feedback.html"
     assert page.is_file() and str(page) in out
     for c in result.checks:
-        assert c.id in out
+        assert (c.id in out) is (c.visibility != "hidden")
     assert f"Total: {result.score:g} / {result.max_score:g} points" in out
     assert ("FAIL" in out) is (not all(c.passed for c in result.checks))
     assert ("Histogram of |w|" in page.read_text()) is (not all_pass), "the evidence is loaded for the plots"

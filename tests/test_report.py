@@ -78,6 +78,7 @@ def test_gradescope_results_have_the_gradescope_keys() -> None:
         "max_score": 1.0,
         "status": "passed",
         "output": "All 3 recap code cells ran without error.",
+        "visibility": "visible",
     }
     assert [t["status"] for t in data["tests"]] == ["passed", "failed", "failed"]
     assert [t["name"] for t in data["tests"]] == ["recap.runs", "cnn.l1_accuracy", "integrity.no_test_leakage"]
@@ -150,7 +151,9 @@ def test_gradebook_has_one_column_per_check_after_the_fixed_ones(tmp_path: Path)
 
     assert path == tmp_path / "gradebook.csv"
     rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
-    assert rows[0] == ["submission", "score", "max_score", "status", *CHECK_IDS]
+    assert rows[0] == [
+        "submission", "student_id", "name", "late", "score", "max_score", "status", "flags", "failed_checks", *CHECK_IDS
+    ]
     assert [row[0] for row in rows[1:]] == ["alice", "zoe"]
     alice = dict(zip(rows[0], rows[1], strict=True))
     assert (alice["score"], alice["max_score"], alice["status"]) == ("12.5", "14", "graded")
@@ -260,7 +263,10 @@ def test_nested_records_round_trip_through_json() -> None:
 def test_to_jsonable_turns_tuples_into_lists_and_keys_into_strings() -> None:
     assert to_jsonable({1: (2, 3), "a": [CheckResult("x", True, 1, 1, "m")]}) == {
         "1": [2, 3],
-        "a": [{"id": "x", "passed": True, "score": 1, "max_score": 1, "message": "m", "details": {}}],
+        "a": [{
+            "id": "x", "passed": True, "score": 1, "max_score": 1, "message": "m", "details": {},
+            "visibility": "visible", "flag": False, "instructor_note": "",
+        }],
     }
 
 
