@@ -6,12 +6,22 @@ private PID namespace so nothing outlives the job; a read-only view of the syste
 the grader's repo, the reference baselines, the submissions and the other students' results hidden)
 and in cgroups that cap its memory and number of processes. Where something is missing (no
 bubblewrap, no cgroup access, not Linux), the protections that do work are used and the others are
-reported as off: ``describe()`` says which, and every run prints it once.
+reported as off: ``describe()`` says which, every run prints it once, and ``unmet()`` says how to
+get each one that is missing.
+
+cgroups are found under ``CGROUP_ROOT``: the environment variable ``GRADER_CGROUP_ROOT`` where it
+is set (another mount point, or a test's fake tree), else ``/sys/fs/cgroup``. A v1 hierarchy (a
+folder per controller: ``memory/``, ``pids/``, ``cpuacct/``) gets a group per controller,
+``<controller>/l1l2-grader/job-*``. A v2 hierarchy (one tree with ``cgroup.controllers`` at its
+top) gets one group per job under ``l1l2-grader``, made at the root when this process may write
+there (root), else beside this process's own group (read from ``/proc/self/cgroup``) in a subtree
+systemd delegated to the user.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import os
 import resource
@@ -23,13 +33,15 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from grader import gpu
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _PACKAGE_DIR = Path(__file__).resolve().parent
-CGROUP_V1 = Path("/sys/fs/cgroup")
+CGROUP_ROOT = Path(os.environ.get("GRADER_CGROUP_ROOT") or "/sys/fs/cgroup")
+CGROUP_V1 = CGROUP_ROOT  # on a v1 hierarchy, each controller is mounted in a folder of the root
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")  # this process's groups; its "0::/path" line is its v2 group
 CGROUP_PARENT = "l1l2-grader"
 DEFAULT_MEMORY_LIMIT = 8 * 2**30
 DEFAULT_PIDS_LIMIT = 512
@@ -105,17 +117,21 @@ class Protections:
     memory_cgroup: bool
     pids_cgroup: bool
     notes: tuple[str, ...]
-    cpu_accounting: bool = False  # a cgroup v1 cpuacct controller: each child's CPU time is measured
+    cpu_accounting: bool = False  # each child's CPU time is measured (v1 cpuacct, v2 cpu.stat)
+    cgroup: str = "none"  # the hierarchy the job groups are made in: "v1", "v2" or "none"
+    cgroup_parent: str = ""  # v2: the grader's group, where the job groups are made
 
 
 @functools.cache
 def probe() -> Protections:
-    notes = []
-    bwrap = shutil.which("bwrap")
-    bubblewrap = False
+    """What this machine allows, probed once per process (``probe.cache_clear()`` probes again)."""
+    notes: list[str] = []
     if sys.platform != "linux":
         notes.append("not Linux: no namespaces or cgroups; children run with a scrubbed environment only")
-    elif bwrap is None:
+        return Protections(False, False, False, tuple(notes))
+    bwrap = shutil.which("bwrap")
+    bubblewrap = False
+    if bwrap is None:
         notes.append("bubblewrap is not installed (apt-get install bubblewrap): no network, PID or filesystem isolation")
     else:
         probe_cmd = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-net", "--unshare-pid", "true"]
@@ -123,17 +139,54 @@ def probe() -> Protections:
         bubblewrap = result.returncode == 0
         if not bubblewrap:
             notes.append(f"bubblewrap cannot create namespaces here ({result.stderr.strip()[:200]}): isolation is off")
-    memory = _cgroup_writable("memory")
-    pids = _cgroup_writable("pids")
-    if not memory:
-        notes.append("no writable cgroup v1 memory controller: the memory limit is off")
-    if not pids:
-        notes.append("no writable cgroup v1 pids controller: the process limit is off")
-    return Protections(bubblewrap, memory, pids, tuple(notes), _cgroup_writable("cpuacct"))
+    groups = _probe_cgroups(CGROUP_ROOT, PROC_SELF_CGROUP)
+    return dataclasses.replace(groups, bubblewrap=bubblewrap, notes=(*notes, *groups.notes))
 
 
-def _cgroup_writable(controller: str) -> bool:
-    base = CGROUP_V1 / controller
+def hierarchy(root: Path | None = None) -> str:
+    """Which cgroup hierarchy is mounted at ``root`` (default ``CGROUP_ROOT``): ``"v2"`` (unified:
+    ``cgroup.controllers`` at its top), ``"v1"`` (a folder per controller), or ``"none"``."""
+    root = CGROUP_ROOT if root is None else root
+    if (root / "cgroup.controllers").is_file():
+        return "v2"
+    if any((root / controller / "cgroup.procs").exists() for controller in ("memory", "pids", "cpuacct")):
+        return "v1"
+    return "none"
+
+
+def own_cgroup(proc_cgroup: Path | None = None) -> str | None:
+    """This process's group in the v2 hierarchy, as ``/proc/self/cgroup`` (or ``proc_cgroup``) names it
+    on its ``0::/path`` line (``"/user.slice/user-1000.slice/..."``); None where there is no such line."""
+    try:
+        text = (PROC_SELF_CGROUP if proc_cgroup is None else proc_cgroup).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        hierarchy_id, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy_id == "0" and not controllers and path.startswith("/"):
+            return path.strip()
+    return None
+
+
+def _probe_cgroups(root: Path, proc_cgroup: Path) -> Protections:
+    """The cgroup part of ``probe``: which hierarchy is under ``root`` and what this process may do there."""
+    kind = hierarchy(root)
+    if kind == "v1":
+        memory, pids, cpu = (_cgroup_writable(root, c) for c in ("memory", "pids", "cpuacct"))
+        notes = []
+        if not memory:
+            notes.append("no writable cgroup v1 memory controller: the memory limit is off")
+        if not pids:
+            notes.append("no writable cgroup v1 pids controller: the process limit is off")
+        return Protections(False, memory, pids, tuple(notes), cpu, "v1" if memory or pids or cpu else "none")
+    if kind == "v2":
+        return _probe_v2(root, proc_cgroup)
+    return Protections(False, False, False, (f"no cgroup hierarchy at {root}: the memory and process limits are off",))
+
+
+def _cgroup_writable(root: Path, controller: str) -> bool:
+    base = root / controller
     if not (base / "cgroup.procs").exists():
         return False
     try:
@@ -146,13 +199,136 @@ def _cgroup_writable(controller: str) -> bool:
         return False
 
 
+# The v2 controllers the grader enables for its job groups. Not "cpu": CPU time is read from cpu.stat,
+# which the kernel keeps for every group, and the cpu controller would make each job group a unit of
+# CPU sharing, so a background child (SCHED_IDLE) would get a job's fair share instead of the idle time.
+_V2_CONTROLLERS = ("memory", "pids")
+
+
+def _probe_v2(root: Path, proc_cgroup: Path) -> Protections:
+    """Find a place for the grader's group on the v2 hierarchy at ``root`` and what its job groups get.
+
+    Candidates, in order: the root (where this process may write there, as root), then each group
+    above this process's own group, nearest first (a subtree delegated by systemd, such as
+    ``user@1000.service/app.slice`` for a process started by ``systemd-run --user --scope``). Never
+    the own group itself: it holds this process, and a group that holds processes cannot enable
+    controllers for groups below it. The first candidate whose job groups get each of memory and
+    pids that the root offers wins; failing that, the first where a job group can be made at all.
+    """
+    own = own_cgroup(proc_cgroup)
+    parts = PurePosixPath(own).parts[1:] if own else ()
+    candidates = [root] + [root.joinpath(*parts[:depth]) for depth in range(len(parts) - 1, 0, -1)]
+    wanted = set(_V2_CONTROLLERS) & _words(root / "cgroup.controllers")
+    found: tuple[Path, set[str]] | None = None
+    refused = []
+    for base in candidates:
+        try:
+            parent, controllers = _v2_parent(base)
+        except OSError as e:
+            refused.append(f"{base}: {e.strerror or e}")
+            continue
+        found = found or (parent, controllers)
+        if wanted <= controllers:
+            found = (parent, controllers)
+            break
+    if found is None:
+        why = "; ".join(refused) or "no candidate"
+        return Protections(False, False, False, (f"no cgroup v2 group this process may create and join ({why}): the memory and process limits are off",))
+    parent, controllers = found
+    notes = []
+    if "memory" not in controllers:
+        notes.append(f"the cgroup v2 memory controller is not available in {parent}: the memory limit is off")
+    if "pids" not in controllers:
+        notes.append(f"the cgroup v2 pids controller is not available in {parent}: the process limit is off")
+    return Protections(False, "memory" in controllers, "pids" in controllers, tuple(notes), "cpu.stat" in controllers, "v2", str(parent))
+
+
+def _v2_parent(base: Path) -> tuple[Path, set[str]]:
+    """Make the grader's group in ``base``, enable the controllers it can for its job groups, and try
+    one job group: its path and what a job group gets (controller names, and ``"cpu.stat"`` where a
+    job's CPU time can be read). OSError where ``base`` is not this process's to use."""
+    if not os.access(base / "cgroup.procs", os.W_OK):
+        # Moving a child into a job group needs write access to the common ancestor's cgroup.procs.
+        raise PermissionError(errno.EACCES, "cgroup.procs is not writable")
+    _enable(base)
+    parent = base / CGROUP_PARENT
+    parent.mkdir(exist_ok=True)
+    _enable(parent)
+    trial = parent / f"probe-{os.getpid()}"
+    trial.mkdir(exist_ok=True)
+    try:
+        files = {"memory": "memory.max", "pids": "pids.max", "cpu.stat": "cpu.stat"}
+        return parent, {name for name, file in files.items() if (trial / file).is_file()}
+    finally:
+        trial.rmdir()
+
+
+def _enable(group: Path) -> None:
+    """Enable the controllers of ``_V2_CONTROLLERS`` that ``group`` offers for the groups below it."""
+    offered, enabled = _words(group / "cgroup.controllers"), _words(group / "cgroup.subtree_control")
+    for controller in _V2_CONTROLLERS:
+        if controller in offered and controller not in enabled:
+            try:
+                (group / "cgroup.subtree_control").write_text(f"+{controller}")
+            except OSError:  # not ours to change, or the group holds processes: its job groups go without
+                pass
+
+
+def _words(path: Path) -> set[str]:
+    try:
+        return set(path.read_text().split())
+    except OSError:
+        return set()
+
+
 def describe() -> str:
     p = probe()
     on = [name for name, active in (("namespaces (bubblewrap)", p.bubblewrap), ("memory limit", p.memory_cgroup), ("process limit", p.pids_cgroup)) if active]
     text = "sandbox: " + (", ".join(on) if on else "none of namespaces, memory limit, process limit") + " active"
+    if p.cgroup == "v1":
+        text += " (cgroup v1)"
+    elif p.cgroup == "v2":
+        text += f" (cgroup v2, under {p.cgroup_parent})"
     if p.notes:
         text += "; OFF: " + "; ".join(p.notes)
     return text
+
+
+_CGROUP_ADVICE = (
+    "run the grader as root, or as a user inside a cgroup v2 subtree systemd delegates to it "
+    "(systemd-run --user --scope -p Delegate=yes pytest grader/ ...); where the cgroup file system "
+    "is not mounted at /sys/fs/cgroup, set GRADER_CGROUP_ROOT to its mount point"
+)
+
+
+def unmet() -> list[str]:
+    """One line per required protection this machine lacks (namespaces, memory limit, process limit),
+    each saying what is missing and how to get it; empty when all are in place."""
+    if sys.platform != "linux":
+        return [f"not Linux ({sys.platform}): namespaces and cgroup limits exist only on Linux: grade on a Linux machine (or in a Linux virtual machine)"]
+    p = probe()
+    lines = []
+    if not p.bubblewrap:
+        if shutil.which("bwrap") is None:
+            lines.append("bubblewrap is not installed: install it (apt-get install bubblewrap, dnf install bubblewrap)")
+        else:
+            lines.append(
+                "bubblewrap cannot create namespaces here: allow unprivileged user namespaces (sysctl "
+                "user.max_user_namespaces above 0; kernel.unprivileged_userns_clone=1 on Debian; "
+                "kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu 24.04 and later), or run the grader as "
+                "root; in a container, allow unshare in its seccomp and AppArmor profiles"
+            )
+    for active, limit, controller in ((p.memory_cgroup, "memory limit", "memory"), (p.pids_cgroup, "process limit", "pids")):
+        if active:
+            continue
+        if p.cgroup == "v2":
+            where = f"the cgroup v2 {controller} controller is not available in {p.cgroup_parent} (enable it in the cgroup.subtree_control of the groups above)"
+        elif p.cgroup == "v1":
+            where = f"the cgroup v1 {controller} controller is not writable"
+        else:
+            where = f"no cgroup under {CGROUP_ROOT} that this process may create and join"
+        lines.append(f"no {limit}: {where}: {_CGROUP_ADVICE}")
+    return lines
 
 
 def runner_env(job_dir: Path) -> dict[str, str]:
@@ -244,7 +420,8 @@ def _default_hidden(extra: Iterable[Path]) -> list[Path]:
 
 
 class Limits:
-    """cgroup v1 memory and pids limits (and a CPU priority) for one child; a context manager that always cleans up."""
+    """cgroup memory and pids limits (v1 or v2, as ``probe`` found) and a CPU priority for one child;
+    a context manager that always cleans up."""
 
     def __init__(self, memory_bytes: int = DEFAULT_MEMORY_LIMIT, pids: int = DEFAULT_PIDS_LIMIT, background: bool = False) -> None:
         self.memory_bytes = memory_bytes
@@ -252,12 +429,26 @@ class Limits:
         self.background = background
         self.policy = ""  # set by __enter__ for a background child
         self.name = f"job-{uuid.uuid4().hex[:12]}"
+        self.hierarchy = "none"  # set by __enter__: "v1", "v2" or "none"
+        # The child's groups: v1, one per controller ("memory", "pids", "cpuacct"); v2, the job group ("unified").
         self.groups: dict[str, Path] = {}
 
     def __enter__(self) -> Limits:
         p = probe()
+        self.hierarchy = p.cgroup
+        if p.cgroup == "v1":
+            self._enter_v1(p)
+        elif p.cgroup == "v2":
+            self._enter_v2(p)
+        if self.background:
+            # SCHED_IDLE only where the child's threads can be found again (a cgroup's task list) to undo it.
+            policy = background_policy()
+            self.policy = "nice" if policy == "idle" and not self.groups else policy
+        return self
+
+    def _enter_v1(self, p: Protections) -> None:
         if p.memory_cgroup:
-            group = CGROUP_V1 / "memory" / CGROUP_PARENT / self.name
+            group = self.groups["memory"] = CGROUP_ROOT / "memory" / CGROUP_PARENT / self.name
             group.mkdir()
             (group / "memory.limit_in_bytes").write_text(str(self.memory_bytes))
             swap = group / "memory.memsw.limit_in_bytes"
@@ -266,21 +457,27 @@ class Limits:
                     swap.write_text(str(self.memory_bytes))
                 except OSError:
                     pass
-            self.groups["memory"] = group
         if p.pids_cgroup:
-            group = CGROUP_V1 / "pids" / CGROUP_PARENT / self.name
+            group = self.groups["pids"] = CGROUP_ROOT / "pids" / CGROUP_PARENT / self.name
             group.mkdir()
             (group / "pids.max").write_text(str(self.pids))
-            self.groups["pids"] = group
         if p.cpu_accounting:
-            group = CGROUP_V1 / "cpuacct" / CGROUP_PARENT / self.name
+            group = self.groups["cpuacct"] = CGROUP_ROOT / "cpuacct" / CGROUP_PARENT / self.name
             group.mkdir()
-            self.groups["cpuacct"] = group
-        if self.background:
-            # SCHED_IDLE only where the child's threads can be found again (a cgroup's task list) to undo it.
-            policy = background_policy()
-            self.policy = "nice" if policy == "idle" and not self.groups else policy
-        return self
+
+    def _enter_v2(self, p: Protections) -> None:
+        group = self.groups["unified"] = Path(p.cgroup_parent) / self.name
+        group.mkdir()
+        if p.memory_cgroup:
+            (group / "memory.max").write_text(str(self.memory_bytes))
+            swap = group / "memory.swap.max"
+            if swap.exists():
+                try:
+                    swap.write_text("0")  # memory and swap together stay under the limit, as v1's memsw limit
+                except OSError:
+                    pass
+        if p.pids_cgroup:
+            (group / "pids.max").write_text(str(self.pids))
 
     def join(self) -> None:
         """Set up the calling process (the child, before exec): join the groups, cap file sizes, no core dumps.
@@ -301,30 +498,29 @@ class Limits:
         """Put every thread in the groups back to normal priority (twice: a thread may have started one meanwhile)."""
         if self.policy != "idle":
             return
+        threads = "cgroup.threads" if self.hierarchy == "v2" else "tasks"
         for _ in range(2):
             tids: set[int] = set()
             for group in self.groups.values():
                 try:
-                    tids |= {int(t) for t in (group / "tasks").read_text().split()}
+                    tids |= {int(t) for t in (group / threads).read_text().split()}
                 except (OSError, ValueError):
                     pass
             to_foreground(tids)
 
     def oom_killed(self) -> bool:
-        group = self.groups.get("memory")
-        if group is None:
-            return False
-        try:
-            for line in (group / "memory.oom_control").read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill" and int(value) > 0:
-                    return True
-            return int((group / "memory.failcnt").read_text()) > 0 and False
-        except OSError:
-            return False
+        """Whether the kernel killed a process of the child's memory group for want of memory."""
+        if self.hierarchy == "v2":
+            kills = _counter(self.groups.get("unified"), "memory.events", "oom_kill")
+        else:
+            kills = _counter(self.groups.get("memory"), "memory.oom_control", "oom_kill")
+        return bool(kills)
 
     def cpu_seconds(self) -> float | None:
-        """CPU time (user + system) used so far by every process that was in the groups; None without cpuacct."""
+        """CPU time (user + system) used so far by every process that was in the groups; None where not measured."""
+        if self.hierarchy == "v2":
+            usec = _counter(self.groups.get("unified"), "cpu.stat", "usage_usec")
+            return None if usec is None else usec / 1e6
         group = self.groups.get("cpuacct")
         if group is None:
             return None
@@ -344,12 +540,25 @@ class Limits:
                     pass
             if not pids:
                 return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            if not self._kill_by_cgroup():
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
             time.sleep(0.1)
+
+    def _kill_by_cgroup(self) -> bool:
+        """Kill the job group's processes through its ``cgroup.kill`` (v2, Linux 5.14 and later), which
+        also catches those forked meanwhile; False where there is no such file."""
+        group = self.groups.get("unified")
+        if group is None or not (group / "cgroup.kill").is_file():
+            return False
+        try:
+            (group / "cgroup.kill").write_text("1")
+        except OSError:
+            return False
+        return True
 
     def __exit__(self, *exc: object) -> None:
         self.kill_all()
@@ -358,6 +567,21 @@ class Limits:
                 group.rmdir()
             except OSError:
                 pass
+
+
+def _counter(group: Path | None, file: str, key: str) -> int | None:
+    """The value of ``key`` in a cgroup file of ``key value`` lines (``memory.events``, ``cpu.stat``); None
+    where the group, the file or the key is missing."""
+    if group is None:
+        return None
+    try:
+        for line in (group / file).read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
