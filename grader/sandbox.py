@@ -709,18 +709,3 @@ def _read_all(fd: int, limit: int = 1 << 20) -> str:
         os.close(fd)
     return b"".join(chunks).decode("utf-8", errors="replace")
 
-
-def unmet() -> list[str]:
-    """One line per required protection this machine lacks, saying what is missing and how to get it."""
-    p = probe()
-    missing = []
-    if sys.platform != "linux":
-        return ["not Linux: notebooks can be isolated only on Linux (bubblewrap and cgroups)"]
-    if not p.bubblewrap:
-        missing.append(next((n for n in p.notes if "bubblewrap" in n), "bubblewrap is unavailable")
-                       + " (install it: apt-get install bubblewrap, or dnf install bubblewrap)")
-    if not p.memory_cgroup:
-        missing.append("no writable memory cgroup: the memory limit cannot be applied (run as root)")
-    if not p.pids_cgroup:
-        missing.append("no writable pids cgroup: the process limit cannot be applied (run as root)")
-    return missing
