@@ -59,7 +59,7 @@ def test_a_submissions_folder_without_notebooks_is_refused(tmp_path: Path) -> No
     with pytest.raises(options.UsageError, match="no such folder"):
         options.check_submissions(tmp_path / "missing")
     (tmp_path / "file.ipynb").write_text("{}")
-    with pytest.raises(options.UsageError, match="not a folder"):
+    with pytest.raises(options.UsageError, match="neither a folder nor a zip"):
         options.check_submissions(tmp_path / "file.ipynb")
     empty = tmp_path / "empty"
     empty.mkdir()
