@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -74,6 +75,18 @@ def test_without_writable_cgroups_nothing_runs_and_the_message_names_the_limits(
     assert proc.returncode not in (0, 1), out
     assert "memory limit" in out and "process limit" in out, out
     assert not (tmp_path / "grades").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to become another user")
+def test_setup_without_root_or_bubblewrap_says_what_to_install_and_how_to_opt_out(tmp_path: Path) -> None:
+    if not (ROOT / ".venv" / ".l1l2-grader-lock").is_file():
+        pytest.skip("needs the set-up .venv")
+    env = _without_bubblewrap(tmp_path)
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", str(ROOT / "bin" / "setup")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert "apt-get install bubblewrap" in proc.stderr and "--sandbox off" in proc.stderr, proc.stderr
 
 
 def test_the_self_check_and_the_gradescope_runner_refuse_too(class_folder: Path, tmp_path: Path) -> None:
