@@ -104,7 +104,7 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"expected a Jupyter notebook (.ipynb), got {nb}")
     options.check_data_dir(args.data_dir)
     options.check_writable_dir(args.grades_dir, "--grades-dir")
-    options.check_sandbox(args.sandbox)
+    options.check_sandbox(args.sandbox, own_notebook=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -257,16 +257,22 @@ def nearest(word: str, known: tuple[str, ...] | list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def check_sandbox(mode: str, flag: str = "--sandbox") -> list[str]:
-    """What is missing from the sandbox on this machine; ``UsageError`` when it is required and incomplete."""
+def check_sandbox(mode: str, flag: str = "--sandbox", own_notebook: bool = False) -> list[str]:
+    """What is missing from the sandbox on this machine; ``UsageError`` when it is required and incomplete.
+
+    ``own_notebook``: the self-check, where a student runs their own code on their own machine."""
     from grader import sandbox
 
     missing = sandbox.unmet()
     if missing and mode == "required":
         lines = "\n".join(f"  - {m}" for m in missing)
-        raise UsageError(
-            f"the sandbox that isolates student notebooks is incomplete on this machine, so nothing was run:\n{lines}\n"
-            f"Install what is missing, or, on a machine that is itself a sandbox (a container or a throwaway VM), "
+        way_out = (
+            f"To check your own notebook on your own machine, add {flag} off."
+            if own_notebook
+            else f"Install what is missing, or, on a machine that is itself a sandbox (a container or a throwaway VM), "
             f"run with {flag} off (environment GRADER_SANDBOX=off): the results will say the run was unsandboxed."
+        )
+        raise UsageError(
+            f"the sandbox that isolates notebooks is incomplete on this machine, so nothing was run:\n{lines}\n{way_out}"
         )
     return missing
