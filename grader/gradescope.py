@@ -1,90 +1,239 @@
 """Run the grader as a Gradescope autograder, and build the bundle Gradescope takes.
 
-    python -m grader.gradescope bundle autograder.zip [--profile smoke]
-    python -m grader.gradescope run [--root /autograder]        # what the bundle's run_autograder calls
+    python -m grader.gradescope bundle autograder.zip [--profile smoke|tiny]
+    python -m grader.gradescope prepare --data-cache DIR [--profile smoke]   # what the bundle's setup.sh calls
+    python -m grader.gradescope run [--root /autograder] [--data-cache DIR]  # what the bundle's run_autograder calls
 
-Gradescope unpacks the zip into ``/autograder/source``, runs ``setup.sh`` once when the image is
-built, then ``run_autograder`` for each submission: the student's files are in
-``/autograder/submission`` and the results go to ``/autograder/results/results.json``. The same
-``run`` command grades one submission folder on any batch system (``--root`` names the folder that
-holds ``submission/`` and receives ``results/``).
+Gradescope unpacks the zip into ``/autograder/source`` and runs ``setup.sh`` there once, when it
+builds the image; it copies ``run_autograder`` to ``/autograder/run_autograder`` and runs that copy
+for each submission: the student's files are in ``/autograder/submission`` and the results go to
+``/autograder/results/results.json`` (docs/gradescope.md). The same ``run`` command grades one
+submission folder on any batch system (``--root`` names the folder that holds ``submission/`` and
+receives ``results/``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from grader import feedback, report
-from grader.grade import Grader, GradingConfig
-from grader.records import SubmissionResult, write_json_atomic
-from grader.submissions import Submission
+from grader.cli import add_version_argument
 
-REPO = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    from grader.records import SubmissionResult
+    from grader.submissions import Submission
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO = PACKAGE_DIR.parent
+PROG = "python -m grader.gradescope"
 # What the bundle carries: the grader, the reference (solution and baselines) and how to install them.
 BUNDLED = ("grader", "reference", "bin", "conftest.py", "pyproject.toml", "requirements.lock", "README.md", "docs")
+# What setup.sh needs besides the packages: only a checkout of the project has these.
+INSTALL_FILES = ("pyproject.toml", "requirements.lock", "bin/setup")
+BUNDLE_PROFILES = ("smoke", "tiny")
+# The served data, prepared by setup.sh; relative to /autograder/source.
+DATA_CACHE = ".data-cache"
+ZIP_DATE = (2026, 1, 1, 0, 0, 0)
 
 SETUP_SH = """#!/usr/bin/env bash
-# Gradescope runs this once when it builds the autograder image.
+# Gradescope runs this once, as root, when it builds the autograder image (the zip is unpacked in
+# /autograder/source). It installs a Python the grader supports, the locked dependencies into
+# /autograder/source/.venv (bin/setup) and the data the notebooks are served, so that grading
+# itself needs no network. Target image: Gradescope's Ubuntu 22.04 base (docs/gradescope.md).
 set -euo pipefail
-cd /autograder/source
-apt-get update -q && apt-get install -y -q bubblewrap python3-venv python3-pip >/dev/null
-bin/setup
+cd "$(dirname "$0")"
+export DEBIAN_FRONTEND=noninteractive
+
+# TensorFlow 2.21 has wheels for CPython 3.11 to 3.13; requirements.lock was compiled for 3.11.
+VERSIONS="3.11 3.12 3.13"
+
+# A pre-release will not do: for the pip it comes with, a release candidate matches none of the lock's
+# python_full_version markers (3.11.0rc1 is neither below 3.12 nor at or above it): the install fails.
+usable() {{  # a supported final release that can create a virtual environment with pip
+    "$1" -c 'import sys, ensurepip, venv
+sys.exit(not ((3, 11) <= sys.version_info[:2] <= (3, 13) and sys.version_info.releaselevel == "final"))' >/dev/null 2>&1
+}}
+
+find_python() {{  # the first usable of $PYTHON, python3.11 .. python3.13, python3
+    local candidate
+    for candidate in ${{PYTHON:-}} $(printf 'python%s ' $VERSIONS) python3; do
+        if command -v "$candidate" >/dev/null 2>&1 && usable "$candidate"; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}}
+
+apt_version() {{  # the version apt would install, empty when there is none
+    apt-cache policy "$1" 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" {{print $2}}'
+}}
+
+apt_python() {{  # install the first python3.X (and its venv module) apt has as a final release
+    local v version
+    for v in $VERSIONS; do
+        version="$(apt_version "python$v")"
+        [ -n "$version" ] && [ -n "$(apt_version "python$v-venv")" ] || continue
+        case "$version" in *~rc*|*~a[0-9]*|*~b[0-9]*) continue ;; esac
+        echo "setup.sh: installing python$v $version from the image's apt repositories"
+        apt-get install -y -qq "python$v" "python$v-venv" >/dev/null && return 0
+    done
+    return 1
+}}
+
+deadsnakes_python() {{  # Ubuntu: python3.11 from the deadsnakes PPA
+    grep -qi '^ID=ubuntu' /etc/os-release 2>/dev/null || return 1
+    echo "setup.sh: installing python3.11 from the deadsnakes PPA"
+    if ! {{ apt-get install -y -qq software-properties-common >/dev/null && add-apt-repository -y ppa:deadsnakes/ppa; }}; then
+        echo "setup.sh: the deadsnakes PPA could not be added"
+        return 1
+    fi
+    apt-get update -qq && apt-get install -y -qq python3.11 python3.11-venv >/dev/null && return 0
+    echo "setup.sh: nothing could be installed from the deadsnakes PPA; removing it"
+    add-apt-repository -y --remove ppa:deadsnakes/ppa >/dev/null 2>&1 || true
+    return 1
+}}
+
+install_python() {{
+    command -v apt-get >/dev/null 2>&1 && apt-get update -qq || return 1
+    # Ubuntu 22.04's own python3.11 is a release candidate (3.11.0~rc1): deadsnakes has the release.
+    apt_python || deadsnakes_python
+}}
+
+python="$(find_python)" || {{ install_python && python="$(find_python)"; }} || {{
+    echo "setup.sh: no Python 3.11 to 3.13 (a final release, with venv) here, and none could be installed with apt; set PYTHON" >&2
+    exit 1
+}}
+echo "setup.sh: using $python ($("$python" --version 2>&1))"
+PYTHON="$python" sh bin/setup
+echo "setup.sh: installed the locked dependencies into $(pwd)/.venv"
+.venv/bin/python -m grader.gradescope prepare --profile {profile} --data-cache "$(pwd)/{data_cache}"
 """
 
 RUN_AUTOGRADER = """#!/usr/bin/env bash
-# Gradescope runs this for each submission.
+# Gradescope copies this file to /autograder/run_autograder and runs that copy once per submission,
+# so it finds the grader where setup.sh installed it (/autograder/source), never beside itself.
 set -uo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-cd "$here"
-PY="${{GRADER_PYTHON:-$here/.venv/bin/python}}"
-exec "$PY" -m grader.gradescope run --root "${{AUTOGRADER_ROOT:-/autograder}}" --profile {profile}
+root="${{AUTOGRADER_ROOT:-/autograder}}"
+source_dir="$root/source"
+python="${{GRADER_PYTHON:-$source_dir/.venv/bin/python}}"
+if [ ! -x "$python" ]; then
+    echo "run_autograder: no Python at $python: setup.sh did not complete (see the autograder's build output)"
+    exit 1
+fi
+# Gradescope's container is itself the sandbox, so the grader's own stays off: GRADER_SANDBOX is the
+# environment form of the grader's --sandbox option.
+export GRADER_SANDBOX=off
+cd "$source_dir" || exit 1
+exec "$python" -m grader.gradescope run --root "$root" --profile {profile} --data-cache "$source_dir/{data_cache}"
 """
 
 
+class UsageError(Exception):
+    """A command line that cannot be carried out: reported on one line, exit status 2."""
+
+
+def checkout_root() -> Path | None:
+    """The project checkout this grader runs from, or None when it is an installed package."""
+    return REPO if all((REPO / name).is_file() for name in INSTALL_FILES) else None
+
+
 def bundle(out: Path, profile: str) -> Path:
-    """Write the autograder zip: setup.sh and run_autograder at the top, the project beside them."""
-    files = _project_files()
+    """Write the autograder zip: setup.sh and run_autograder at the top, the project beside them.
+
+    Raises ``UsageError`` (with the reason) for a profile Gradescope cannot be given, or when the
+    grader is an installed package: the bundle installs the locked dependencies, which only a
+    checkout has.
+    """
+    if profile not in BUNDLE_PROFILES:
+        raise UsageError(
+            f"--profile {profile}: the bundle serves the data shipped in grader/data ({' or '.join(BUNDLE_PROFILES)}); "
+            "the full profile needs a CIFAR-10 copy that the bundle does not carry"
+        )
+    root = checkout_root()
+    if root is None:
+        missing = ", ".join(name for name in INSTALL_FILES if not (REPO / name).is_file())
+        raise UsageError(
+            f"this grader is installed ({PACKAGE_DIR}) without the project files the bundle installs from "
+            f"({missing}); build the bundle in a checkout of the project instead"
+        )
+    if not (root / "reference" / "baselines" / f"{profile}.json").is_file():
+        raise UsageError(f"--profile {profile}: no reference baseline at reference/baselines/{profile}.json")
+    files = _project_files(root)
+    scripts = {
+        "setup.sh": SETUP_SH.format(profile=profile, data_cache=DATA_CACHE),
+        "run_autograder": RUN_AUTOGRADER.format(profile=profile, data_cache=DATA_CACHE),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, text in (("setup.sh", SETUP_SH), ("run_autograder", RUN_AUTOGRADER.format(profile=profile))):
-            info = zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0))
-            info.external_attr = 0o755 << 16
-            zf.writestr(info, text)
+        for name, text in scripts.items():
+            zf.writestr(_zip_info(name, 0o755), text)
         for name in files:
-            info = zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0))
-            mode = (REPO / name).stat().st_mode & 0o777
-            info.external_attr = mode << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, (REPO / name).read_bytes())
+            mode = (root / name).stat().st_mode & 0o777
+            zf.writestr(_zip_info(name, mode), (root / name).read_bytes())
     return out
 
 
-def _project_files() -> list[str]:
-    """The files to bundle: git's list in a checkout (nothing untracked or ignored), else a walk."""
+def _zip_info(name: str, mode: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+    info.create_system = 3  # Unix: unzip then restores the modes in external_attr
+    info.external_attr = (0o100000 | mode) << 16
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info
+
+
+def _project_files(root: Path) -> list[str]:
+    """The files to bundle: in a git checkout, those git tracks or would track (nothing it ignores), else a walk."""
     try:
         listed = subprocess.run(
-            ["git", "ls-files", "-z", *BUNDLED], cwd=REPO, capture_output=True, check=True
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *BUNDLED],
+            cwd=root, capture_output=True, check=True,
         ).stdout.decode().split("\0")
-        return [f for f in listed if f and (REPO / f).is_file()]
+        return sorted({f for f in listed if f and (root / f).is_file()})
     except (OSError, subprocess.CalledProcessError):
         out = []
         for top in BUNDLED:
-            path = REPO / top
+            path = root / top
             candidates = [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []
             out += [
-                str(p.relative_to(REPO))
+                str(p.relative_to(root))
                 for p in candidates
                 if p.is_file() and "__pycache__" not in p.parts and not p.name.endswith((".pyc", ".tmp"))
             ]
         return out
 
 
+def prepare(profile: str, data_cache: Path) -> Path:
+    """What grading needs that can be made once, at image build: the served data and the font cache.
+
+    Also derives the grading bounds, so that a baseline that does not fit the data fails the build
+    instead of every submission. Returns the data folder.
+    """
+    from grader.grade import Grader, GradingConfig
+
+    grader = Grader(GradingConfig(grades_dir=data_cache, profile=profile, cache_dir=data_cache))
+    folder = grader.data_dir
+    _ = grader.bounds
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401  (builds matplotlib's font cache)
+
+    return folder
+
+
 def find_notebook(folder: Path) -> Submission:
-    notebooks = sorted(p for p in folder.rglob("*.ipynb") if not any(part.startswith(".") for part in p.parts))
+    from grader.submissions import Submission
+
+    # Not in hidden folders (.ipynb_checkpoints) under the submission; the folder's own path may have any name.
+    notebooks = sorted(
+        p for p in folder.rglob("*.ipynb") if not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
     if len(notebooks) == 1:
         return Submission("submission", notebooks[0])
     if not notebooks:
@@ -93,13 +242,27 @@ def find_notebook(folder: Path) -> Submission:
     return Submission("submission", None, f"several notebooks were uploaded ({names}); upload one")
 
 
-def run(root: Path, profile: str) -> SubmissionResult:
-    """Grade ``root/submission`` and write ``root/results/results.json`` (Gradescope's contract)."""
+def check_root(root: Path) -> None:
+    """Raise ``UsageError`` unless ``root`` is laid out as Gradescope's /autograder (a submission/ folder)."""
+    if not root.is_dir():
+        raise UsageError(f"--root {root}: no such folder")
+    if not (root / "submission").is_dir():
+        raise UsageError(f"--root {root}: it has no submission/ folder (the student's files go in ROOT/submission)")
+
+
+def run(root: Path, profile: str, cache_dir: Path | None = None) -> SubmissionResult:
+    """Grade ``root/submission`` and write ``root/results/results.json`` (Gradescope's contract).
+
+    ``cache_dir`` is where the served data is prepared (default: inside ``root/results/grading``).
+    """
+    from grader import feedback, report
+    from grader.grade import Grader, GradingConfig
+    from grader.records import write_json_atomic
+
     results_dir = root / "results"
     work = results_dir / "grading"
-    grader = Grader(GradingConfig(grades_dir=work, profile=profile, hidden=(root / "submission",)))
-    sub = find_notebook(root / "submission")
-    result = grader.grade(sub)
+    config = GradingConfig(grades_dir=work, profile=profile, cache_dir=cache_dir, hidden=(root / "submission",))
+    result = Grader(config).grade(find_notebook(root / "submission"))
     evidence = feedback.find_evidence(work, result)
     data = report.gradescope_results(result, feedback.leaderboard(result, evidence))
     data.pop("extra_data", None)  # Gradescope shows only its own keys; the full record stays in grading/
@@ -107,21 +270,70 @@ def run(root: Path, profile: str) -> SubmissionResult:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grader.gradescope", description=__doc__.splitlines()[0])
+def error_results(root: Path, exc: BaseException) -> dict[str, Any]:
+    """The results.json of a run the grader could not finish: no score, and the reason."""
+    from grader.records import write_json_atomic
+
+    data: dict[str, Any] = {
+        "score": 0,
+        "output": f"Autograder error: {type(exc).__name__}: {exc}. This is not a verdict on the submission; "
+        "ask the course staff to regrade it.",
+        "visibility": "visible",
+        "stdout_visibility": "hidden",
+        "tests": [],
+    }
+    write_json_atomic(root / "results" / "results.json", data)
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("bundle", help="write the Gradescope autograder zip")
+    b = sub.add_parser("bundle", help="write the Gradescope autograder zip (from a checkout of the project)")
     b.add_argument("out", type=Path)
     b.add_argument("--profile", default="smoke", choices=["smoke", "full", "tiny"])
+    p = sub.add_parser("prepare", help="prepare the served data and check the baseline (the bundle's setup.sh)")
+    p.add_argument("--profile", default="smoke", choices=["smoke", "full", "tiny"])
+    p.add_argument("--data-cache", type=Path, required=True, metavar="DIR")
     r = sub.add_parser("run", help="grade ROOT/submission into ROOT/results/results.json")
     r.add_argument("--root", type=Path, default=Path("/autograder"))
     r.add_argument("--profile", default="smoke", choices=["smoke", "full", "tiny"])
-    args = parser.parse_args(argv)
-    if args.command == "bundle":
-        out = bundle(args.out, args.profile)
-        print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB); upload it as the autograder of the assignment")
-        return 0
-    result = run(args.root, args.profile)
+    r.add_argument(
+        "--data-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the served data is prepared (env GRADER_DATA_CACHE; default: inside ROOT/results/grading)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "bundle":
+            out = bundle(args.out, args.profile)
+            print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB); upload it as the autograder of the assignment")
+            return 0
+        if args.command == "prepare":
+            try:
+                folder = prepare(args.profile, args.data_cache.resolve())
+            except (FileNotFoundError, ValueError, KeyError) as exc:  # data or baseline: the message says which
+                print(f"{PROG} prepare: {exc}", file=sys.stderr)
+                return 1
+            print(f"served data ready in {folder}")
+            return 0
+        check_root(args.root)
+    except UsageError as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    cache = args.data_cache or (Path(os.environ["GRADER_DATA_CACHE"]) if os.environ.get("GRADER_DATA_CACHE") else None)
+    try:
+        result = run(args.root, args.profile, cache.resolve() if cache else None)
+    except Exception as exc:  # the student still gets a results.json that says what went wrong
+        error_results(args.root, exc)
+        raise
     print(f"{result.key}: {result.score:g} / {result.max_score:g} ({result.status})")
     for c in result.checks:
         print(f"  {'PASS' if c.passed else 'FAIL'} {c.id}: {c.message}")
