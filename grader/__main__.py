@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         "write a feedback page (feedback.html) with plots of your models.",
         epilog="Exit status: 0 when every check that carries points passed, 1 otherwise, 2 for usage errors.",
     )
+    from grader.cli import add_version_argument
+
+    add_version_argument(parser)
     parser.add_argument("notebook", type=Path, help="the notebook to grade (.ipynb)")
     _argument(
         parser,

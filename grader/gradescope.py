@@ -22,6 +22,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from grader import options
 from grader.cli import add_version_argument
 
 if TYPE_CHECKING:
@@ -250,10 +251,11 @@ def check_root(root: Path) -> None:
         raise UsageError(f"--root {root}: it has no submission/ folder (the student's files go in ROOT/submission)")
 
 
-def run(root: Path, profile: str, cache_dir: Path | None = None) -> SubmissionResult:
+def run(root: Path, profile: str, cache_dir: Path | None = None, sandbox: str = "required") -> SubmissionResult:
     """Grade ``root/submission`` and write ``root/results/results.json`` (Gradescope's contract).
 
-    ``cache_dir`` is where the served data is prepared (default: inside ``root/results/grading``).
+    ``cache_dir`` is where the served data is prepared (default: inside ``root/results/grading``);
+    ``sandbox`` is the ``--sandbox`` setting (grader/options.py).
     """
     from grader import feedback, report
     from grader.grade import Grader, GradingConfig
@@ -261,7 +263,9 @@ def run(root: Path, profile: str, cache_dir: Path | None = None) -> SubmissionRe
 
     results_dir = root / "results"
     work = results_dir / "grading"
-    config = GradingConfig(grades_dir=work, profile=profile, cache_dir=cache_dir, hidden=(root / "submission",))
+    config = GradingConfig(
+        grades_dir=work, profile=profile, cache_dir=cache_dir, hidden=(root / "submission",), sandbox=sandbox
+    )
     result = Grader(config).grade(find_notebook(root / "submission"))
     evidence = feedback.find_evidence(work, result)
     data = report.gradescope_results(result, feedback.leaderboard(result, evidence))
@@ -306,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where the served data is prepared (env GRADER_DATA_CACHE; default: inside ROOT/results/grading)",
     )
+    r.add_argument("--sandbox", default=None, metavar="MODE", help=options.describe("sandbox"))
     return parser
 
 
@@ -325,12 +330,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"served data ready in {folder}")
             return 0
         check_root(args.root)
-    except UsageError as exc:
+        sandbox = options.resolve("sandbox", args.sandbox)
+        options.check_sandbox(sandbox)
+    except (UsageError, options.UsageError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 2
     cache = args.data_cache or (Path(os.environ["GRADER_DATA_CACHE"]) if os.environ.get("GRADER_DATA_CACHE") else None)
     try:
-        result = run(args.root, args.profile, cache.resolve() if cache else None)
+        result = run(args.root, args.profile, cache.resolve() if cache else None, sandbox)
     except Exception as exc:  # the student still gets a results.json that says what went wrong
         error_results(args.root, exc)
         raise

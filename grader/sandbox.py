@@ -398,6 +398,11 @@ def wrap(command: list[str], isolation: Isolation) -> list[str]:
         under_tmp = path.is_relative_to("/tmp")
         if writable or under_tmp or any(path.is_relative_to(h) for h in hidden):
             args += ["--bind" if writable else "--ro-bind", str(path), str(path)]
+    # The reference solution and baselines stay hidden even where a bind above brought back the
+    # folder that holds them (an installed grader: the repo root is site-packages, bound back whole).
+    secret = (_REPO_ROOT / "reference").resolve()
+    if secret.is_dir() and any(secret.is_relative_to(p) for p, _ in needed):
+        args += ["--tmpfs", str(secret)]
     for path in isolation.scratch:
         # The kernel's home and cwd: size-limited memory, gone with the sandbox, not the grader's disk.
         args += ["--size", str(SCRATCH_BYTES), "--tmpfs", str(path.resolve())]

@@ -387,17 +387,24 @@ def _bound_and_read(source: str) -> tuple[set[str], set[str]]:
 
 
 def _parse(source: str) -> ast.Module | None:
-    """The cell's code as Python, after IPython's own rewriting of magics if it needs it; None if it does not parse."""
-    try:
-        return ast.parse(source)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):  # deeply nested code does not parse either
-        pass
-    try:
-        from IPython.core.inputtransformer2 import TransformerManager
+    """The cell's code as Python, after IPython's own rewriting of magics if it needs it; None if it does not parse.
 
-        return ast.parse(TransformerManager().transform_cell(source))
-    except Exception:  # student code: any failure means "no names"
-        return None
+    Warnings about the student's code (an invalid escape such as ``"\\s"`` in a regex) are its kernel's
+    business, not the grader's: they are not raised here.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # the same warning before Python 3.12
+        try:
+            return ast.parse(source)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):  # deeply nested code does not parse either
+            pass
+        try:
+            from IPython.core.inputtransformer2 import TransformerManager
+
+            return ast.parse(TransformerManager().transform_cell(source))
+        except Exception:  # student code: any failure means "no names"
+            return None
 
 
 def _heading_part(markdown: str) -> str | None:

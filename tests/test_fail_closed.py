@@ -98,6 +98,15 @@ def test_the_self_check_and_the_gradescope_runner_refuse_too(class_folder: Path,
     )
     assert proc.returncode == 2 and "bubblewrap" in proc.stderr and "--sandbox off" in proc.stderr, proc.stderr
     assert not (tmp_path / "self").exists()
+    root = tmp_path / "autograder"
+    (root / "submission").mkdir(parents=True)
+    (root / "submission" / "plain.ipynb").write_bytes((class_folder / "plain.ipynb").read_bytes())
+    proc = subprocess.run(
+        [sys.executable, "-m", "grader.gradescope", "run", "--root", str(root), "--profile", "tiny"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "bubblewrap" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (root / "results").exists()
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +152,23 @@ def test_every_output_is_written_with_one_shared_mode(unsandboxed_run: tuple[sub
         outputs += [grades / "students" / key / name for name in ("results.json", "executed.ipynb", "feedback.html")]
     modes = {str(p.relative_to(grades)): oct(stat.S_IMODE(p.stat().st_mode)) for p in outputs}
     assert set(modes.values()) == {"0o644"}, modes
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+def test_an_installed_grader_keeps_the_reference_hidden_from_the_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed, the grader's parent folder is site-packages, which the sandbox binds back whole."""
+    from grader import sandbox
+
+    site = tmp_path / "site-packages"
+    (site / "reference" / "baselines").mkdir(parents=True)
+    (site / "reference" / "baselines" / "smoke.json").write_text("{}")
+    (site / "other_package").mkdir()
+    job = tmp_path / "job"
+    job.mkdir()
+    monkeypatch.setattr(sandbox, "_REPO_ROOT", site)
+    monkeypatch.setattr(sandbox, "_code_paths", lambda: [site])  # what it binds back: site-packages
+    command = sandbox.wrap(["/bin/ls", "-A", str(site), str(site / "reference")], sandbox.Isolation(job_dir=job))
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "other_package" in proc.stdout, "the rest of site-packages is there"
+    assert "smoke.json" not in proc.stdout and "baselines" not in proc.stdout, proc.stdout

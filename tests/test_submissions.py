@@ -632,3 +632,15 @@ def test_code_too_deeply_nested_to_parse_is_placed_without_error() -> None:
     ]
 
     assert cell_parts(nb) == ["recap", "recap"]
+
+
+def test_a_cell_python_warns_about_still_has_its_names_read_whatever_the_warning_filters() -> None:
+    import warnings
+
+    from grader.submissions import _bound_and_read
+
+    source = 'raw_df = pd.read_csv(url, sep="\\s+", skiprows=22, header=None)'  # "\s": an invalid escape
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as under pytest's filterwarnings = error
+        bound, read = _bound_and_read(source)
+    assert bound == {"raw_df"} and {"pd", "url"} <= read
