@@ -404,16 +404,24 @@ class Session:
     ) -> None:
         from grader import sandbox
 
-        if eval_dir.exists():
-            shutil.rmtree(eval_dir)
-        (eval_dir / "requests").mkdir(parents=True)
+        # Emptied, not removed: a runner's sandbox may hide this very folder (a mount on it). What the
+        # kernel may have put in its place (a link, a file) is removed, never followed.
+        if eval_dir.is_symlink() or (eval_dir.exists() and not eval_dir.is_dir()):
+            eval_dir.unlink()
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        for entry in eval_dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        (eval_dir / "requests").mkdir()
         (eval_dir / "results").mkdir()
         write_json_atomic(eval_dir / "session.json", {"seed": seed})
         self.eval_dir = eval_dir
         self.sent: dict[int, dict[str, Any]] = {}
         self.run: IsolatedRun = sandbox.IsolatedRun(
             [sys.executable, "-m", "grader.evaluate", str(eval_dir)],
-            sandbox.Isolation(eval_dir, readable=readable, hidden=hidden),
+            sandbox.Isolation(eval_dir, readable=readable, hidden=hidden, uid=sandbox.EVALUATOR_UID),
             timeout=timeout,
             log_path=eval_dir / "evaluator.log",
             memory_bytes=memory_bytes,

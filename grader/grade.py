@@ -24,7 +24,7 @@ from grader import __version__, checks, evaluate, execute, gpu, provenance, repo
 from grader.custody import Custody
 from grader.custody import folder_for as custody_folder
 from grader.datasets import DatasetStore, boston_split, served_cifar10
-from grader.outputs import student_dir
+from grader.outputs import student_dir, write_atomic
 from grader.records import (
     ArrayFingerprint,
     CellOutcome,
@@ -54,6 +54,7 @@ EVALUATOR_TIMEOUT = 900.0
 EARLY_REQUESTS = 8  # models sent to the evaluator while their notebook still runs, at most
 RUNNING_POLL_SECONDS = 0.25
 TRAIN_PROBE_ROWS = 1000  # canonical training rows each CIFAR-10 model also predicts on (integrity.no_test_leakage)
+EVALUATOR_FOLDERS = ("eval", "eval-inputs")  # in the job dir, hidden from the runner
 MATCH_CACHE_SIZE = 256  # provenance matches kept (a notebook has a handful; a batch worker's are dropped in bulk)
 
 
@@ -168,7 +169,7 @@ class Grader:
                     evidence = self.collect(sub.path, job_dir)
                 except submissions.InvalidNotebook as exc:
                     return self._finish(sub, "invalid", f"Invalid submission: {exc}.", None, started, {})
-                (job_dir / "cache-key").write_text(key)
+                write_atomic(job_dir / "cache-key", key)  # replaces whatever the kernel left there, never follows it
             return self.judge(sub, evidence, started, job_dir)
         except Exception as exc:
             reason = f"Autograder error while grading this submission: {type(exc).__name__}: {exc}"
@@ -711,11 +712,16 @@ class Grader:
         it lies in, or with a tmpfs of its own where the job dir is elsewhere)."""
         folder = custody.folder.resolve()
         covered = any(folder.is_relative_to(path.resolve()) for path in self.hidden)
+        # The evaluator's folders lie in the job dir: its requests and answers, and the inputs the grader
+        # prepared for it. They exist before the runner starts, so that its sandbox hides them for good.
+        evaluator_folders = tuple(job_dir / name for name in EVALUATOR_FOLDERS)
+        for path in evaluator_folders:
+            path.mkdir(parents=True, exist_ok=True)
         return execute.start_job(
             job_dir,
             self.config.notebook_timeout,
             readable=(self.data_dir,),
-            hidden=self.hidden if covered else (*self.hidden, custody.folder),
+            hidden=(*self.hidden, *evaluator_folders, *(() if covered else (custody.folder,))),
             memory_bytes=self.config.memory_limit,
         )
 

@@ -45,6 +45,10 @@ PROC_SELF_CGROUP = Path("/proc/self/cgroup")  # this process's groups; its "0::/
 CGROUP_PARENT = "l1l2-grader"
 DEFAULT_MEMORY_LIMIT = 8 * 2**30
 DEFAULT_PIDS_LIMIT = 512
+# Where privileges are dropped (drops_privileges): the runner and its kernel run as nobody, the
+# evaluator as another unprivileged user, so the kernel cannot write the evaluator's folder either.
+RUNNER_UID = 65534
+EVALUATOR_UID = 65533
 MAX_FILE_BYTES = 2 * 2**30
 SCRATCH_BYTES = 512 * 2**20
 # The only variables of the grading process a child (and the kernel) inherits: library and device
@@ -363,6 +367,44 @@ class Isolation:
     readable: tuple[Path, ...] = ()
     hidden: tuple[Path, ...] = ()
     scratch: tuple[Path, ...] = ()  # size-limited tmpfs mounts (inside the job dir)
+    uid: int = RUNNER_UID  # the user it runs as where privileges are dropped (see ``drops_privileges``)
+
+
+@functools.cache
+def drops_privileges() -> bool:
+    """Whether children run as an unprivileged user: where the grader is root and has no bubblewrap
+    (a container that is itself the sandbox, graded with ``--sandbox off``), and an unprivileged user
+    can run this interpreter and read the grader. Then the student's code cannot write the grader, its
+    data or its other files, all owned by root; only its job dir is its own."""
+    if sys.platform != "linux" or os.geteuid() != 0 or probe().bubblewrap:
+        return False
+    return all(_open_to_others(p) for p in (Path(sys.executable), *_code_paths(), _PACKAGE_DIR))
+
+
+def _open_to_others(path: Path) -> bool:
+    """Whether a user without privileges (not the owner, in no group) can reach and read ``path``."""
+    try:
+        target = path.resolve()
+        for folder in (*reversed(target.parents), target):
+            mode = folder.stat().st_mode
+            if (folder.is_dir() and not mode & 0o001) or not mode & 0o004:
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def give_job_dir(isolation: Isolation) -> None:
+    """Make the job dir (all of it but the hidden paths inside it) the child's user's own."""
+    hidden = [h.resolve() for h in isolation.hidden]
+    stack = [isolation.job_dir.resolve()]
+    while stack:
+        path = stack.pop()
+        if any(path == h for h in hidden):
+            continue
+        os.lchown(path, isolation.uid, isolation.uid)
+        if path.is_dir() and not path.is_symlink():
+            stack.extend(path.iterdir())
 
 
 def wrap(command: list[str], isolation: Isolation) -> list[str]:
@@ -392,17 +434,20 @@ def wrap(command: list[str], isolation: Isolation) -> list[str]:
             args += ["--tmpfs", str(path)]
 
     # Bind back what the child needs, shallowest first, so a hidden folder can still hold it.
+    bound = []
     for path, writable in sorted(set(needed), key=lambda item: len(item[0].parts)):
         if not path.exists():
             continue
         under_tmp = path.is_relative_to("/tmp")
         if writable or under_tmp or any(path.is_relative_to(h) for h in hidden):
             args += ["--bind" if writable else "--ro-bind", str(path), str(path)]
-    # The reference solution and baselines stay hidden even where a bind above brought back the
-    # folder that holds them (an installed grader: the repo root is site-packages, bound back whole).
-    secret = (_REPO_ROOT / "reference").resolve()
-    if secret.is_dir() and any(secret.is_relative_to(p) for p, _ in needed):
-        args += ["--tmpfs", str(secret)]
+            bound.append(path)
+    # A hidden path inside a folder bound back above is hidden again, on top of that bind: the
+    # evaluator's folders inside a runner's job dir, or the reference inside an installed grader's
+    # site-packages.
+    for path in hidden:
+        if path.exists() and any(path != b and path.is_relative_to(b) for b in bound):
+            args += ["--tmpfs", str(path)]
     for path in isolation.scratch:
         # The kernel's home and cwd: size-limited memory, gone with the sandbox, not the grader's disk.
         args += ["--size", str(SCRATCH_BYTES), "--tmpfs", str(path.resolve())]
@@ -420,8 +465,9 @@ def _code_paths() -> list[Path]:
 
 def _default_hidden(extra: Iterable[Path]) -> list[Path]:
     # The whole repo (its reference, tests, submissions and .git history); the grader package and a
-    # virtualenv inside it are bound back by _code_paths().
-    return [_REPO_ROOT, *extra]
+    # virtualenv inside it are bound back by _code_paths(). The reference is named on its own too: an
+    # installed grader's "repo" is site-packages, which is bound back whole.
+    return [_REPO_ROOT, _REPO_ROOT / "reference", *extra]
 
 
 class Limits:
@@ -629,6 +675,17 @@ class IsolatedRun:
         self._seal_read, seal_write = os.pipe()
         env = {**runner_env(isolation.job_dir), "GRADER_SEAL_FD": str(seal_write)}
         self._limits = Limits(memory_bytes, pids, background)
+        uid = isolation.uid if drops_privileges() else None
+        if uid is not None:
+            give_job_dir(isolation)
+
+        def child() -> None:  # between fork and exec: system calls only (see Limits.join)
+            self._limits.join()
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+
         try:
             self._limits.__enter__()
             with open(log_path, "ab") as log:
@@ -641,7 +698,7 @@ class IsolatedRun:
                     env=env,
                     cwd=isolation.job_dir,
                     pass_fds=(seal_write,),
-                    preexec_fn=self._limits.join,  # only joins cgroups and sets rlimits of the child itself
+                    preexec_fn=child,  # joins cgroups, sets rlimits and drops privileges, of the child itself
                 )
         except BaseException:
             os.close(self._seal_read)

@@ -787,6 +787,10 @@ def test_the_reference_the_submissions_and_other_results_are_hidden(run: Run) ->
         # Hidden folders are empty, or absent where the whole repo is hidden.
         assert probes[label].get("value") == "[]" or probes[label].get("error") == "FileNotFoundError", probes[label]
     assert probes["jobs_listing"]["value"] == "['reading_hidden_paths_fails']"
+    # The evaluator's requests, answers and inputs lie in the job dir, hidden from the kernel: it sees empty
+    # folders, and what it writes there never reaches the evaluator or the grader.
+    assert probes["evaluator_listing"]["value"] == "[]" and probes["evaluator_inputs_listing"]["value"] == "[]"
+    assert not (run.grades / ".jobs" / "reading_hidden_paths_fails" / "eval" / "results" / "9999.json").exists()
 
 
 def test_the_reference_cannot_be_read_from_the_git_history(run: Run) -> None:

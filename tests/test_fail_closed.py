@@ -11,6 +11,9 @@ import shutil
 import stat
 import subprocess
 import sys
+import sysconfig
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -18,12 +21,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIONS = ["--profile", "tiny", "--cell-timeout", "30", "--notebook-timeout", "120", "-q", "-p", "no:randomly"]
-KEYS = ("gradebook.csv", "index.html", "plain")
+KEYS = ("gradebook.csv", "index.html", "plain", "probe")
+PLANTED = ROOT / "grader" / "planted-by-a-notebook.txt"
+PROBE = f"""
+import os
+print("UID", os.getuid())
+try:
+    open({str(PLANTED)!r}, "w").write("x")
+    print("WROTE the grader")
+except OSError as exc:
+    print("REFUSED", type(exc).__name__)
+"""
 
 
-def _notebook(path: Path) -> None:
+def _notebook(path: Path, source: str) -> None:
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("print('hello')")]
+    nb.cells = [nbformat.v4.new_code_cell(source)]
     nbformat.write(nb, path)
 
 
@@ -31,7 +44,7 @@ def _notebook(path: Path) -> None:
 def class_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("class")
     for key in KEYS:
-        _notebook(folder / f"{key}.ipynb")
+        _notebook(folder / f"{key}.ipynb", PROBE if key == "probe" else "print('hello')")
     return folder
 
 
@@ -49,9 +62,11 @@ def _without_bubblewrap(tmp: Path) -> dict[str, str]:
     return {**os.environ, "PATH": str(bin_dir)}
 
 
-def _grade(class_folder: Path, grades: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+def _grade(
+    class_folder: Path, grades: Path, env: dict[str, str], *extra: str, python: str = sys.executable
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "grader/", "--submissions", str(class_folder), "--grades-dir", str(grades),
+        [python, "-m", "pytest", "grader/", "--submissions", str(class_folder), "--grades-dir", str(grades),
          "--data-cache", str(grades.parent / "cache"), *OPTIONS, *extra],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -109,12 +124,35 @@ def test_the_self_check_and_the_gradescope_runner_refuse_too(class_folder: Path,
     assert not (root / "results").exists()
 
 
+def _python_open_to_others(base: Path) -> str | None:
+    """This environment's packages behind an interpreter every user can run (a venv of the system's
+    Python of the same version), so that a root grader without bubblewrap can drop privileges; None
+    where this machine has no such Python."""
+    system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    if not system.is_file():
+        return None
+    venv = base / "venv"
+    subprocess.run([str(system), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    site = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()
+    (Path(site) / "grader-shared.pth").write_text(f"{sysconfig.get_paths()['purelib']}\n{ROOT}\n")
+    return str(venv / "bin" / "python")
+
+
 @pytest.fixture(scope="module")
-def unsandboxed_run(class_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
-    tmp = tmp_path_factory.mktemp("unsandboxed")
-    grades = tmp / "grades"
-    proc = _grade(class_folder, grades, _without_bubblewrap(tmp), "--sandbox", "off")
-    return proc, grades
+def unsandboxed_run(class_folder: Path) -> Iterator[tuple[subprocess.CompletedProcess[str], Path]]:
+    # In a folder every user can reach: dropped to an unprivileged user, the notebooks still reach their job dirs.
+    base = Path(tempfile.mkdtemp(prefix="grader-unsandboxed-"))
+    base.chmod(0o755)
+    try:
+        python = (_python_open_to_others(base) if os.geteuid() == 0 else None) or sys.executable
+        grades = base / "grades"
+        proc = _grade(class_folder, grades, _without_bubblewrap(base), "--sandbox", "off", python=python)
+        yield proc, grades
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_with_sandbox_off_the_class_is_graded_and_labelled_unsandboxed(
@@ -129,6 +167,18 @@ def test_with_sandbox_off_the_class_is_graded_and_labelled_unsandboxed(
         assert record["status"] == "graded" and any("bubblewrap" in m for m in record["unsandboxed"]), record
     index = (grades / "index.html").read_text()
     assert 'id="unsandboxed"' in index and "bubblewrap" in index
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="privileges are dropped where the grader runs as root")
+def test_unsandboxed_as_root_the_notebook_runs_unprivileged_and_cannot_write_the_grader(
+    unsandboxed_run: tuple[subprocess.CompletedProcess[str], Path]
+) -> None:
+    _, grades = unsandboxed_run
+    if not Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}").is_file():
+        pytest.skip("no interpreter an unprivileged user can run")
+    executed = (grades / "students" / "probe" / "executed.ipynb").read_text()
+    assert "UID 65534" in executed and "REFUSED PermissionError" in executed, executed[-2000:]
+    assert not PLANTED.exists()
 
 
 def test_submissions_named_like_the_run_outputs_are_graded_beside_the_others(
@@ -172,3 +222,26 @@ def test_an_installed_grader_keeps_the_reference_hidden_from_the_kernel(tmp_path
     assert proc.returncode == 0, proc.stderr
     assert "other_package" in proc.stdout, "the rest of site-packages is there"
     assert "smoke.json" not in proc.stdout and "baselines" not in proc.stdout, proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+def test_a_folder_hidden_inside_the_job_dir_stays_hidden_from_the_runner(tmp_path: Path) -> None:
+    """The evaluator's requests, answers and inputs lie in the job dir the runner writes: the kernel
+    must neither read nor forge them."""
+    from grader import sandbox
+
+    job = tmp_path / "job"
+    (job / "eval" / "results").mkdir(parents=True)
+    (job / "eval" / "results" / "0001.json").write_text("{}")
+    (job / "eval-inputs").mkdir()
+    (job / "eval-inputs" / "x_test.npy").write_text("")
+    isolation = sandbox.Isolation(job_dir=job, hidden=(job / "eval", job / "eval-inputs"))
+    script = (
+        f"ls -A {job}; echo ---; ls -A {job / 'eval'} {job / 'eval-inputs'}; "
+        f"echo forged > {job / 'eval' / 'forged.json'}; echo written > {job / 'mine.txt'}"
+    )
+    proc = subprocess.run(sandbox.wrap(["/bin/sh", "-c", script], isolation), capture_output=True, text=True, timeout=60)
+    listing, _, inside = proc.stdout.partition("---")
+    assert "eval" in listing and "0001.json" not in inside and "x_test.npy" not in inside, proc.stdout
+    assert not (job / "eval" / "forged.json").exists(), "a write there lands in the sandbox's own tmpfs"
+    assert (job / "mine.txt").read_text() == "written\n", "the rest of the job dir is the runner's"
