@@ -114,6 +114,9 @@ echo "setup.sh: using $python ($("$python" --version 2>&1))"
 PYTHON="$python" sh bin/setup
 echo "setup.sh: installed the locked dependencies into $(pwd)/.venv"
 .venv/bin/python -m grader.gradescope prepare --profile {profile} --data-cache "$(pwd)/{data_cache}"
+# The notebooks run as an unprivileged user here (no bubblewrap in the container): the reference
+# solution and baselines are for the grader (root) only.
+chmod -R go-rwx reference
 """
 
 RUN_AUTOGRADER = """#!/usr/bin/env bash

@@ -350,6 +350,9 @@ def test_setup_sh_without_a_supported_python_or_apt_stops_with_the_reason(bundle
 def test_the_plugin_loaded_before_the_repos_conftest_is_registered_once(tmp_path: Path) -> None:
     # What an installed entry point does: register grader.plugin before conftest.py asks for it.
     (tmp_path / "submissions").mkdir()
+    (tmp_path / "submissions" / "alice.ipynb").write_text(
+        '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
+    )
     proc = _run(
         "-m", "pytest", "-p", "grader.plugin", "grader/", "--collect-only", "-q",
         "--submissions", str(tmp_path / "submissions"), "--grades-dir", str(tmp_path / "grades"),
