@@ -41,6 +41,9 @@ _OPTIONS: list[tuple[str, str, Any, type, str]] = [
     ("--rubric", "GRADER_RUBRIC", None, str, "the rubric file (points and settings); default grader/rubric.toml"),
     ("--data-cache", "GRADER_DATA_CACHE", "~/.cache/l1l2-grader", str,
      "where the data served to kernels is prepared once per dataset version and kept for later runs"),
+    ("--dask-scheduler", "GRADER_DASK_SCHEDULER", None, str, "execute the notebooks on the workers of the Dask scheduler at this address"),
+    ("--dask-scheduler-file", "GRADER_DASK_SCHEDULER_FILE", None, str, "or of the scheduler that wrote this scheduler file"),
+    ("--dask-resources", "GRADER_DASK_RESOURCES", None, str, "worker resources each notebook needs on the cluster, e.g. GPU=1"),
 ]
 
 
@@ -98,6 +101,9 @@ def grading_config(config: pytest.Config) -> GradingConfig:
             # One notebook at a time: its page's figures may use every core (under xdist, the other
             # workers' kernels are using them).
             draw_processes=available_cores() if _workers(config) == 1 else 1,
+            dask_scheduler=_setting(config, "--dask-scheduler"),
+            dask_scheduler_file=(root / _setting(config, "--dask-scheduler-file")) if _setting(config, "--dask-scheduler-file") else None,
+            dask_resources=_setting(config, "--dask-resources"),
         )
     return config.stash[CONFIG_KEY]
 
@@ -220,8 +226,12 @@ def submissions_of(config: pytest.Config) -> list[Submission]:
 
 def grader_of(config: pytest.Config) -> Grader:
     if GRADER_KEY not in config.stash:
-        config.stash[GRADER_KEY] = Grader(grading_config(config))
+        config.stash[GRADER_KEY] = grader = Grader(grading_config(config))
         config.stash[RESULTS_KEY] = {}
+        if grader.config.dask_scheduler or grader.config.dask_scheduler_file:
+            from grader import cluster
+
+            cluster.attach(grader, config)
     return config.stash[GRADER_KEY]
 
 
