@@ -82,7 +82,7 @@ class WorkerNotReady(RuntimeError):
 
 def settings_of(config: GradingConfig) -> dict[str, Any]:
     """The execution settings a worker grades with, as JSON: the client's, except the kernels' thread
-    count, which is the worker's (``kernel_threads``)."""
+    count, which is the worker's (``_worker_grader``)."""
     return {
         "profile": config.profile,
         "seed": config.seed,
@@ -233,10 +233,12 @@ def _worker_grader(settings: str, base: str, nthreads: int) -> Grader:
     """One Grader per worker process and settings, its data served from this machine's own cache.
 
     The data is found the way ``pytest grader/`` finds it, from this worker's environment
-    (``GRADER_DATA_CACHE``, ``GRADER_DATA_DIR``; the client's ``--data-dir`` path otherwise). Each kernel
-    gets the cores this worker process may use divided by the tasks it runs at once (``--nthreads``).
+    (``GRADER_DATA_CACHE``, ``GRADER_DATA_DIR``; the client's ``--data-dir`` path otherwise). Each kernel's
+    thread count is this worker's ``GRADER_THREADS``, read as ``--threads`` is, with the tasks the worker
+    runs at once (``--nthreads``) as the workers: by default ``auto``, the cores this worker process may
+    use divided by its threads.
     """
-    from grader.plugin import available_cores
+    from grader.plugin import threads_setting
 
     s = json.loads(settings)
     data_dir = os.environ.get("GRADER_DATA_DIR") or s["data_dir"]
@@ -250,7 +252,7 @@ def _worker_grader(settings: str, base: str, nthreads: int) -> Grader:
         data_dir=Path(data_dir).resolve() if data_dir else None,
         cache_dir=Path(cache).resolve(),
         memory_limit=s["memory_limit"],
-        threads=max(1, available_cores() // max(1, nthreads)),
+        threads=threads_setting(os.environ.get("GRADER_THREADS", "auto"), max(1, nthreads)),
     )
     grader = Grader(config)
     _ = grader.data_dir  # the served data, written once into the cache

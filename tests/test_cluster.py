@@ -554,3 +554,20 @@ def test_the_client_gives_up_on_a_task_still_running_past_its_deadline_but_waits
     # A task that fell silent (its worker died; Dask runs it again elsewhere) is waited for.
     executor._seen[_Future.key] -= 10 * cluster.HEARTBEAT_SECONDS
     assert executor._wait(_Future(3)) == b"done"  # type: ignore[arg-type]
+
+
+def test_the_cluster_benchmark_compares_two_workers_with_xdist_and_with_one_worker(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cluster_benchmark", ROOT / "benchmarks" / "cluster.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    summary = bench.summarize({bench.LOCAL: 100.0, bench.DASK2: 104.0, bench.DASK1: 190.0})
+    assert summary == {"dask2_vs_local": pytest.approx(1.04), "throughput_2_vs_1": pytest.approx(190 / 104)}
+    assert bench.summarize({bench.LOCAL: 100.0}) == {"dask2_vs_local": None, "throughput_2_vs_1": None}
+    subs = bench.make_batch(ROOT / "reference" / "solution.ipynb", tmp_path / "subs", 2)
+    assert sorted(p.name for p in subs.iterdir()) == ["student01.ipynb", "student02.ipynb"]
+    assert (subs / "student01.ipynb").read_bytes() != (subs / "student02.ipynb").read_bytes()
+    args = bench.parse_args(["--batch", "3", "--pin"])
+    assert args.batch == 3 and args.pin and args.profile == "tiny"
