@@ -14,6 +14,7 @@ import json
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,9 @@ class GradingConfig:
     force: bool = False  # execute even when stored evidence for the same notebook and settings exists
     draw_processes: int = 1  # processes drawing a feedback page's figures (more only when nothing else is graded at once)
     sandbox: str = "required"  # required: execute nothing unless the sandbox is complete; off: run with what there is
+    dask_scheduler: str | None = None  # a Dask scheduler's address: notebooks execute on its workers (grader/cluster.py)
+    dask_scheduler_file: Path | None = None  # or the scheduler file it wrote
+    dask_resources: str | None = None  # worker resources each notebook's task needs, e.g. "GPU=1"
 
     @property
     def jobs_dir(self) -> Path:
@@ -102,6 +106,9 @@ class Grader:
         self.config = config
         self.store = DatasetStore(config.profile, cache_dir=config.data_cache, data_dir=config.data_dir)
         self.rubric = checks.load_rubric(config.rubric_path)
+        # Where submissions execute: None here, in this process's sandboxed children; otherwise a function
+        # that returns a submission's evidence (stored, or executed elsewhere: grader/cluster.py).
+        self.executor: Callable[[submissions.Submission, Path], Evidence] | None = None
         # Provenance matches, by what they are computed from (the fingerprint and the samples' bytes):
         # the helper thread's matches while a notebook runs are reused, never trusted blindly.
         self._matches: dict[tuple[str, str], provenance.DataMatch] = {}
@@ -162,25 +169,35 @@ class Grader:
         try:
             if sub.path is None:
                 return self._finish(sub, "invalid", f"Invalid submission: {sub.problem}.", None, started, {})
-            key = self.cache_key(sub.path)
-            evidence = None if self.config.force else self.cached_evidence(job_dir, key)
-            if evidence is None:
-                try:
-                    evidence = self.collect(sub.path, job_dir)
-                except submissions.InvalidNotebook as exc:
-                    return self._finish(sub, "invalid", f"Invalid submission: {exc}.", None, started, {})
-                write_atomic(job_dir / "cache-key", key)  # replaces whatever the kernel left there, never follows it
+            try:
+                evidence = self.execution(sub, job_dir)
+            except submissions.InvalidNotebook as exc:
+                return self._finish(sub, "invalid", f"Invalid submission: {exc}.", None, started, {})
             return self.judge(sub, evidence, started, job_dir)
         except Exception as exc:
             reason = f"Autograder error while grading this submission: {type(exc).__name__}: {exc}"
             (out_dir / "grader-error.txt").write_text(traceback.format_exc())
             return self._finish(sub, "error", reason, None, started, {}, job_dir=job_dir)
 
-    def cache_key(self, notebook: Path) -> str:
+    def execution(self, sub: submissions.Submission, job_dir: Path) -> Evidence:
+        """A submission's evidence: its stored execution while still valid, else a new one (by ``executor``
+        where one is set); raise InvalidNotebook for a bad file."""
+        assert sub.path is not None
+        if self.executor is not None:
+            return self.executor(sub, job_dir)
+        key = self.cache_key(sub.path)
+        evidence = None if self.config.force else self.cached_evidence(job_dir, key)
+        if evidence is None:
+            evidence = self.collect(sub.path, job_dir)
+            write_atomic(job_dir / "cache-key", key)  # replaces whatever the kernel left there, never follows it
+        return evidence
+
+    def cache_key(self, notebook: Path, threads: int | None = None) -> str:
         """What an execution's evidence depends on: the notebook, the grader's executing code, the data, the settings.
 
         The rubric, the baselines and the checks are not part of it: changing them regrades from the
-        stored evidence without executing anything.
+        stored evidence without executing anything. ``threads``: the kernels' thread count where it is
+        not this config's (a cluster worker's, grader/cluster.py).
         """
         digest = hashlib.sha256()
         digest.update(notebook.read_bytes())
@@ -189,7 +206,8 @@ class Grader:
         protections = sandbox.probe()
         settings = (
             self.config.profile, self.config.seed, self.config.cell_timeout, self.config.notebook_timeout,
-            self.config.threads,  # the thread count moves metrics in their last digits (plugin.threads_setting)
+            # The thread count moves metrics in their last digits (plugin.threads_setting).
+            self.config.threads if threads is None else threads,
             # An execution without the whole sandbox is never reused by a run that has it.
             (protections.bubblewrap, protections.memory_cgroup, protections.pids_cgroup),
         )
@@ -218,7 +236,7 @@ class Grader:
 
         Nothing is executed when the run requires the sandbox and it is incomplete (``SandboxUnavailable``).
         """
-        self.unsandboxed()
+        missing = self.unsandboxed()
         nb = submissions.read_notebook(notebook)
         prepared, neutralised = submissions.prepare(nb)
         parts = submissions.cell_parts(prepared)
@@ -263,8 +281,11 @@ class Grader:
                     )
                 finally:
                     session.kill()
+        evidence = dataclasses.replace(evidence, unsandboxed=missing)
         if run.cpu_seconds is not None:
             evidence = dataclasses.replace(evidence, timings={**evidence.timings, "sandbox_runner_cpu": run.cpu_seconds})
+        if self.config.threads:
+            evidence = dataclasses.replace(evidence, timings={**evidence.timings, "kernel_threads": float(self.config.threads)})
         write_json_atomic(job_dir / "evidence.json", evidence)
         return evidence
 
@@ -316,7 +337,7 @@ class Grader:
             models=[
                 TrainedModel(m.key, m.cell, m.dataset, m.train_seconds, m.epochs) for m in (evidence.models if evidence else [])
             ],
-            unsandboxed=sandbox.unmet() if evidence is not None else [],
+            unsandboxed=list(evidence.unsandboxed) if evidence is not None else [],  # where it executed
             student_id=sub.student_id,
             name=sub.name,
             late=sub.late,

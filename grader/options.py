@@ -89,6 +89,33 @@ def threads(text: str) -> str:
     raise ValueError(f"expected cores, auto or a positive number, got {text!r}")
 
 
+def parse_resources(text: str) -> dict[str, float]:
+    """``"GPU=1,MEM=8e9"`` -> ``{"GPU": 1.0, "MEM": 8e9}`` (Dask worker resources)."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, amount = part.partition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = -1.0
+        if not sep or not name.strip() or not value > 0:
+            raise ValueError(f"expected NAME=AMOUNT[,NAME=AMOUNT...] with positive amounts, e.g. GPU=1; got {text!r}")
+        out[name.strip()] = value
+    return out
+
+
+def resources(text: str) -> str:
+    parse_resources(text)
+    return text
+
+
+def address(text: str) -> str:
+    value = text.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(f"expected a scheduler address such as tcp://10.0.0.5:8786, got {text!r}")
+    return value
+
+
 def path(text: str) -> Path:
     if not text.strip():
         raise ValueError("expected a path, got an empty value")
@@ -147,6 +174,12 @@ SETTINGS: dict[str, Setting] = {
         Setting("roster_column", "--roster-column", "GRADER_ROSTER_COLUMN", None, str,
                 "the roster's column for this exercise (its header, assignment id or title); default: the column "
                 "titled 'L1/L2 Regularization Exercise', added when missing", "NAME"),
+        Setting("dask_scheduler", "--dask-scheduler", "GRADER_DASK_SCHEDULER", None, address,
+                "execute the notebooks on the workers of the Dask scheduler at this address", "ADDRESS"),
+        Setting("dask_scheduler_file", "--dask-scheduler-file", "GRADER_DASK_SCHEDULER_FILE", None, path,
+                "or of the scheduler that wrote this scheduler file", "FILE"),
+        Setting("dask_resources", "--dask-resources", "GRADER_DASK_RESOURCES", None, resources,
+                "worker resources each notebook needs on the cluster, e.g. GPU=1", "NAME=N,..."),
         Setting("sandbox", "--sandbox", "GRADER_SANDBOX", "required", choice(*SANDBOX_MODES),
                 "required: refuse to run notebooks unless bubblewrap and the memory and process limits work; "
                 "off: run with whatever isolation this machine has, for a machine that is itself a sandbox "

@@ -31,6 +31,7 @@ DOWNLOAD_KEY = pytest.StashKey["lms.Download"]()
 PLUGIN_SETTINGS = (
     "submissions", "grades_dir", "profile", "data_dir", "cell_timeout", "notebook_timeout", "seed",
     "memory_limit", "threads", "rubric", "data_cache", "sandbox", "roster", "roster_column",
+    "dask_scheduler", "dask_scheduler_file", "dask_resources",
 )
 ROSTER_OUTPUT = "canvas-import.csv"  # the filled Canvas gradebook, in the grades dir
 
@@ -82,6 +83,9 @@ def grading_config(config: pytest.Config) -> GradingConfig:
             # workers' kernels are using them).
             draw_processes=available_cores() if _workers(config) == 1 else 1,
             sandbox=_setting(config, "sandbox"),
+            dask_scheduler=_setting(config, "dask_scheduler"),
+            dask_scheduler_file=(root / scheduler_file) if (scheduler_file := _setting(config, "dask_scheduler_file")) else None,
+            dask_resources=_setting(config, "dask_resources"),
         )
     return config.stash[CONFIG_KEY]
 
@@ -111,7 +115,8 @@ def validate(config: pytest.Config) -> None:
         options.check_data_dir(cfg.data_dir)
         options.check_rubric(cfg.rubric_path)
         options.check_readable_file(_setting(config, "roster"), "--roster")
-        if not config.getoption("collectonly", False):
+        # With a Dask scheduler the notebooks execute on its workers, each of which checks its own sandbox.
+        if not (config.getoption("collectonly", False) or cfg.dask_scheduler or cfg.dask_scheduler_file):
             options.check_sandbox(cfg.sandbox)
     except options.UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -233,8 +238,12 @@ def submissions_of(config: pytest.Config) -> list[Submission]:
 
 def grader_of(config: pytest.Config) -> Grader:
     if GRADER_KEY not in config.stash:
-        config.stash[GRADER_KEY] = Grader(grading_config(config))
+        config.stash[GRADER_KEY] = grader = Grader(grading_config(config))
         config.stash[RESULTS_KEY] = {}
+        if grader.config.dask_scheduler or grader.config.dask_scheduler_file:
+            from grader import cluster
+
+            cluster.attach(grader, config)
     return config.stash[GRADER_KEY]
 
 

@@ -342,3 +342,4 @@ class Evidence:
     neutralised: list[str]
     timings: dict[str, float]
     sources: dict[str, str] = dataclasses.field(default_factory=dict)  # part -> its code, for hints only
+    unsandboxed: list[str] = dataclasses.field(default_factory=list)  # protections missing where it executed
