@@ -158,7 +158,7 @@ def grade_command(profile: str, subs: Path, grades: Path, cache: Path, *flags: s
 
 def results_of(grades: Path) -> dict[str, dict[str, Any]]:
     out = {}
-    for path in sorted(grades.glob("*/results.json")):
+    for path in sorted(grades.glob("students/*/results.json")):
         data = json.loads(path.read_text())
         sub = data["extra_data"]["submission"]
         out[path.parent.name] = {

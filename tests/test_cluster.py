@@ -237,7 +237,7 @@ def _until(condition: Any, seconds: float, what: str) -> None:
 
 
 def _results(grades: Path, key: str) -> dict[str, Any]:
-    return json.loads((grades / key / "results.json").read_text())
+    return json.loads((grades / "students" / key / "results.json").read_text())
 
 
 def _verdicts(grades: Path, key: str) -> tuple[str, float, list[tuple[str, float, str]]]:
@@ -283,9 +283,9 @@ def test_the_cluster_gives_every_submission_the_grade_a_local_run_gives(runs: di
 def test_the_reports_and_job_files_come_back_from_the_worker(runs: dict[str, Any]) -> None:
     remote = runs["remote"]
     for key in (TRAINS, RAISES):
-        executed = nbformat.read(str(remote / key / "executed.ipynb"), as_version=4)
+        executed = nbformat.read(str(remote / "students" / key / "executed.ipynb"), as_version=4)
         assert any(cell.get("outputs") for cell in executed.cells if cell.cell_type == "code"), key
-        assert (remote / key / "feedback.html").is_file()
+        assert (remote / "students" / key / "feedback.html").is_file()
         job = remote / ".jobs" / key
         assert {"cells.json", "input.ipynb", "runner.log", "evidence.json", "cache-key", "worker.json"} <= {
             p.name for p in job.iterdir()
