@@ -172,6 +172,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         **{k: v for k, v in os.environ.items() if not k.startswith(("GRADER_", "DASK_"))},
         "PYTHONPATH": str(ROOT),  # the scheduler unpickles grader.cluster.run_task: it needs this grader too
         "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(ALLOWED_FAILURES),
+        **cluster.QUIET_WORKER_ENV,
     }
     if not sandbox.probe().bubblewrap:  # workers refuse to grade without the sandbox unless told to
         env[cluster.UNSANDBOXED_ENV] = "1"
