@@ -15,7 +15,8 @@ In one run, on this machine, one command after another, each timed with ``time.p
 3. ``dask, 1 worker``: the same with one such worker (pinned to the first core with ``--pin``).
 
 The workers are started (and their data cache prepared) before their run is timed, as a cluster's
-long-lived workers are. Printed: 2. against 1. (wall ratio; the target is within 5%) and 3. against 2.
+long-lived workers are, with the Dask settings docs/scale-out.md recommends for them
+(``grader.cluster.QUIET_WORKER_ENV``). Printed: 2. against 1. (wall ratio; the target is within 5%) and 3. against 2.
 (the throughput of two workers over one; the target is at least 1.8x on two cores), with every grade
 compared across the runs. The numbers, the machine, the versions, the command and the date go to
 ``benchmarks/results/cluster-<profile>.json`` (``--out``). See BENCHMARKS.md.
@@ -43,6 +44,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from grader.cluster import QUIET_WORKER_ENV  # noqa: E402 - after the repository is on the path
 
 PYTHON = sys.executable
 LOCAL = "-n 2"
@@ -101,6 +104,7 @@ def local_cluster(work: Path, cores: list[int], cache: Path, pin: bool) -> Itera
     work.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADER_", "DASK_"))}
     env.update(PYTHONPATH=str(ROOT), GRADER_DATA_CACHE=str(cache))
+    env.update(QUIET_WORKER_ENV)
     if not pin:
         env["GRADER_THREADS"] = "1"
     scheduler_file = work / "scheduler.json"

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -135,6 +135,17 @@ class Cluster:
                 out.append((name, cells.parent))
         return out
 
+    def first_job(self, prefix: str = "", besides: Collection[Path] = ()) -> tuple[str, Path]:
+        """The first notebook found executing on a worker (and not among ``besides``), once one is."""
+        found: list[tuple[str, Path]] = []
+
+        def started() -> bool:
+            found.extend((name, job) for name, job in self.jobs(prefix) if job not in besides)
+            return bool(found)
+
+        _until(started, 240, "a notebook to start on a worker")
+        return found[0]
+
     def kill_worker(self, name: str) -> None:
         """SIGKILL the worker process under ``name``'s nanny (the nanny starts a new one), and remove the
         cgroups its sandboxed children were in: a worker killed this way cannot release them itself."""
@@ -172,6 +183,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         **{k: v for k, v in os.environ.items() if not k.startswith(("GRADER_", "DASK_"))},
         "PYTHONPATH": str(ROOT),  # the scheduler unpickles grader.cluster.run_task: it needs this grader too
         "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(ALLOWED_FAILURES),
+        **cluster.QUIET_WORKER_ENV,
     }
     if sandbox.unmet():  # workers refuse to grade without the sandbox unless told to
         env["GRADER_SANDBOX"] = "off"
@@ -380,8 +392,7 @@ def test_a_worker_killed_mid_notebook_costs_no_grade(lab: Cluster, runs: dict[st
     with open(lab.base / "killed.log", "wb") as log:
         proc = subprocess.Popen(_grading_command(lab, subs, grades), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _until(lambda: bool(lab.jobs()), 240, "a notebook to start on a worker")
-        name, job = lab.jobs()[0]
+        name, job = lab.first_job()
         lab.kill_worker(name)
         assert proc.wait(600) in (0, 1), _text(lab.base / "killed.log")[-3000:]
     finally:
@@ -406,8 +417,7 @@ def test_a_notebook_whose_workers_keep_dying_gets_an_error_and_the_run_ends(lab:
         killed: set[Path] = set()
         # Every worker that starts it dies (here: is killed) while it runs, once more than the scheduler allows.
         for _ in range(ALLOWED_FAILURES + 1):
-            _until(lambda: any(job not in killed for _, job in lab.jobs("doomed")), 240, "the notebook to start")
-            name, job = next((n, j) for n, j in lab.jobs("doomed") if j not in killed)
+            name, job = lab.first_job("doomed", besides=killed)
             killed.add(job)
             lab.kill_worker(name)
         assert proc.wait(300) in (0, 1), _text(lab.base / "doomed.log")[-3000:]
