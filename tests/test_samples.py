@@ -113,8 +113,14 @@ def test_every_sample_gets_results_an_executed_notebook_and_a_gradebook_row(grad
     with open(grades / "gradebook.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["submission"] for r in rows] == sorted(EXPECTED)
-    assert list(rows[0])[:4] == ["submission", "score", "max_score", "status"]
-    assert list(rows[0])[4:] == list(CHECK_IDS)
+    fixed = ["submission", "student_id", "name", "late", "score", "max_score", "status", "flags", "failed_checks"]
+    assert list(rows[0])[: len(fixed)] == fixed
+    assert list(rows[0])[len(fixed) :] == list(CHECK_IDS)
+    # Flagged: exactly the samples expected to fail an integrity check; the solution is not.
+    flagged = {r["submission"] for r in rows if r["flags"]}
+    examined = {k for k, r in graded["results"].items() if r["extra_data"]["submission"]["status"] != "invalid"}
+    expected = {k for k, v in EXPECTED.items() if k in examined and any(not v[c] for c in v if c.startswith("integrity."))}
+    assert flagged == expected and "solution" not in flagged
 
 
 def test_the_run_fails_when_students_fail_and_prints_the_summary_table(graded: dict[str, Any]) -> None:
