@@ -103,8 +103,6 @@ EXPECTED_STATUS: dict[str, str] = {
     "writing_outside_the_job_dir_fails": "graded",
     "environment_is_scrubbed": "graded",
     "faked_metrics_do_not_change_the_score": "graded",
-    "printed_metrics_that_disagree_are_flagged": "graded",
-    "training_on_the_test_set_is_flagged": "graded",
     "forged_results_file_is_ignored": "graded",
     "forged_job_files_are_not_trusted": "error",
     "execution_metadata_is_ignored": "graded",
@@ -121,7 +119,12 @@ EXPECTED_STATUS: dict[str, str] = {
 }
 # Notebooks that train correct models, so they score (every corpus notebook scores 0 but the control): each is
 # graded in a run of its own, and checked for which models its grade came from.
-GRADED_ALONE: dict[str, str] = {"overwriting_saved_models_after_training_changes_nothing": "graded"}
+GRADED_ALONE: dict[str, str] = {
+    "overwriting_saved_models_after_training_changes_nothing": "graded",
+    # Graded as a small class of their own with the control (test_integrity_problems_are_flagged_...).
+    "printed_metrics_that_disagree_are_flagged": "graded",
+    "training_on_the_test_set_is_flagged": "graded",
+}
 ALONE_OPTIONS = ["--profile", "tiny", "--cell-timeout", "60", "--notebook-timeout", "300", "--memory-limit", MEMORY_LIMIT, "-q"]
 # Outcomes the grader does not reach yet: strict xfails, with the bug (none at present).
 KNOWN_BUGS: dict[str, str] = {}
@@ -549,9 +552,7 @@ def test_each_notebook_gets_its_expected_status_and_score(run: Run, key: str) ->
     sub = submission(run, key)
     assert sub["status"] == EXPECTED_STATUS[key], sub["reason"]
     if key != CONTROL:
-        # Only the flagged CNNs earn something: their penalty is real (cnn.l1_ / cnn.l2_regularizer); the rest score 0.
-        expected = 2.0 if key in FLAGGED else 0
-        assert results(run, key)["score"] == expected
+        assert results(run, key)["score"] == 0
     if key in INVALID_REASONS:
         assert INVALID_REASONS[key] in sub["reason"]
         assert all(INVALID_REASONS[key] in t["output"] for t in results(run, key)["tests"])
@@ -839,29 +840,6 @@ def test_monkeypatching_and_overwritten_metrics_change_only_what_is_printed(run:
     assert results(run, key)["score"] == 0
 
 
-FLAGGED = {
-    "printed_metrics_that_disagree_are_flagged": "integrity.reported_metrics",
-    "training_on_the_test_set_is_flagged": "integrity.no_test_leakage",
-}
-
-
-def test_integrity_problems_are_flagged_for_the_instructor_and_hidden_from_the_student(run: Run) -> None:
-    with open(run.grades / "gradebook.csv", newline="") as fh:
-        rows = {row["submission"]: row for row in csv.DictReader(fh)}
-    summary = run.output.split("= grades =")[-1]
-    index = (run.grades / "index.html").read_text()
-    flagged_section = index.split('id="flagged"')[1].split("</section>")[0]
-    for key, check in FLAGGED.items():
-        assert rows[key]["flags"].split() == [check], rows[key]
-        assert f"  {key}: {check}" in summary, summary
-        assert key in flagged_section and check in flagged_section
-        test = next(t for t in results(run, key)["tests"] if t["name"] == check)
-        assert test["status"] == "failed" and test["visibility"] == "hidden"
-        page = (run.grades / "students" / key / "feedback.html").read_text()
-        assert f"<code>{check}</code>" not in page, "the student's page does not say what was detected"
-    assert rows[CONTROL]["flags"] == "" and CONTROL not in flagged_section  # a clean notebook is not flagged
-
-
 def test_a_forged_results_file_changes_nothing(run: Run) -> None:
     key = "forged_results_file_is_ignored"
     assert "FORGED results.json" in output(run, key, "forge")
@@ -999,9 +977,10 @@ class Alone:
     output: str
 
 
-def grade_alone(base: Path, key: str) -> Alone:
+def grade_alone(base: Path, *keys: str) -> Alone:
+    """Grade these notebooks (of ``GRADED_ALONE``, or any of the corpus) in a run of their own."""
     corpus, grades = base / "corpus", base / "grades"
-    generate_corpus(corpus, {"REPO": str(ROOT), "CORPUS": str(corpus), "GRADES": str(grades)}, only=(key,))
+    generate_corpus(corpus, {"REPO": str(ROOT), "CORPUS": str(corpus), "GRADES": str(grades)}, only=keys)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADER_")}  # settings come from the options only
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "grader/", "--submissions", str(corpus), "--grades-dir", str(grades), *ALONE_OPTIONS],
@@ -1055,3 +1034,38 @@ def test_overwriting_saved_models_after_training_changes_nothing(overwriting: Al
         assert model["metric"] != pytest.approx(as_overwritten, rel=1e-3)
     status = {t["name"]: t["status"] for t in results(overwriting, OVERWRITING)["tests"]}
     assert status["recap.l1_regularizer"] == status["recap.l2_regularizer"] == "passed"
+
+
+FLAGGED = {
+    "printed_metrics_that_disagree_are_flagged": "integrity.reported_metrics",
+    "training_on_the_test_set_is_flagged": "integrity.no_test_leakage",
+}
+
+
+@pytest.fixture(scope="module")
+def flagged_class(tmp_path_factory: pytest.TempPathFactory) -> Alone:
+    """A class of three: one printing a metric it never reached, one trained on the test set, and the clean control."""
+    return grade_alone(tmp_path_factory.mktemp("flagged"), *FLAGGED, CONTROL)
+
+
+def test_integrity_problems_are_flagged_for_the_instructor_and_hidden_from_the_student(flagged_class: Alone) -> None:
+    assert flagged_class.returncode == 1, flagged_class.output[-3000:]
+    grades = flagged_class.grades
+    with open(grades / "gradebook.csv", newline="") as fh:
+        rows = {row["submission"]: row for row in csv.DictReader(fh)}
+    summary = flagged_class.output.split("= grades =")[-1]
+    index = (grades / "index.html").read_text()
+    flagged_section = index.split('id="flagged"')[1].split("</section>")[0]
+    for key, check in FLAGGED.items():
+        record = json.loads((grades / "students" / key / "results.json").read_text())
+        assert record["extra_data"]["submission"]["status"] == "graded"
+        assert rows[key]["flags"].split() == [check], rows[key]
+        assert f"  {key}: {check}" in summary, summary
+        assert key in flagged_section and check in flagged_section
+        test = next(t for t in record["tests"] if t["name"] == check)
+        assert test["status"] == "failed" and test["visibility"] == "hidden"
+        # Their penalties are real all the same: the regularizer check of their kind passes (2 points).
+        assert record["score"] == 2.0
+        page = (grades / "students" / key / "feedback.html").read_text()
+        assert f"<code>{check}</code>" not in page, "the student's page does not say what was detected"
+    assert rows[CONTROL]["flags"] == "" and CONTROL not in flagged_section  # a clean notebook is not flagged
