@@ -145,16 +145,10 @@ def write_index(
             {
                 "key": r.key,
                 "href": f"{STUDENTS}/{urllib.parse.quote(r.key, safe='')}/results.json",
-                "items": [
-                    {"id": c.id, "message": c.message, "note": c.instructor_note}
-                    for c in r.checks
-                    if c.flag and not c.passed
-                ]
-                + ([{"id": "unsandboxed", "message": "ran without " + "; ".join(r.unsandboxed), "note": ""}]
-                   if r.unsandboxed else []),
+                "items": [{"id": name, "message": message, "note": note} for name, message, note in details],
             }
             for r in ordered
-            if report.flags(r)
+            if (details := report.flag_details(r))
         ],
         "baseline_note": _baseline_note(baseline),
         "unsandboxed": sorted({m for r in results for m in r.unsandboxed}),

@@ -61,6 +61,7 @@ def grading_config(config: pytest.Config) -> GradingConfig:
         root = Path(str(config.invocation_params.dir))
         data_dir = _setting(config, "data_dir")
         rubric = _setting(config, "rubric")
+        submissions = _submissions_dir(config)
         try:
             threads = threads_setting(_setting(config, "threads"), _workers(config))
         except options.UsageError as exc:
@@ -76,7 +77,7 @@ def grading_config(config: pytest.Config) -> GradingConfig:
             force=bool(config.getoption("--force")),
             memory_limit=_setting(config, "memory_limit"),
             # A download's zip is hidden with the folder it lies in (bubblewrap hides folders).
-            hidden=(_submissions_dir(config) if _submissions_dir(config).is_dir() else _submissions_dir(config).parent,),
+            hidden=(submissions if submissions.is_dir() else submissions.parent,),
             rubric_path=(root / rubric).resolve() if rubric else checks.RUBRIC_PATH,
             threads=threads,
             # One notebook at a time: its page's figures may use every core (under xdist, the other

@@ -88,12 +88,18 @@ def read_result(grades_dir: Path, key: str) -> SubmissionResult | None:
     return from_jsonable(SubmissionResult, data["extra_data"]["submission"])
 
 
-def flags(result: SubmissionResult) -> list[str]:
-    """What an instructor should follow up: failed checks the rubric flags, and an unsandboxed execution."""
-    out = [c.id for c in result.checks if c.flag and not c.passed]
+def flag_details(result: SubmissionResult) -> list[tuple[str, str, str]]:
+    """What an instructor should follow up, as (flag, what was found, the rubric's note): failed checks
+    the rubric flags, and an unsandboxed execution."""
+    out = [(c.id, c.message, c.instructor_note) for c in result.checks if c.flag and not c.passed]
     if result.unsandboxed:
-        out.append("unsandboxed")
+        out.append(("unsandboxed", "ran without " + "; ".join(result.unsandboxed), ""))
     return out
+
+
+def flags(result: SubmissionResult) -> list[str]:
+    """The names of ``flag_details``."""
+    return [name for name, _, _ in flag_details(result)]
 
 
 GRADEBOOK_COLUMNS = ("submission", "student_id", "name", "late", "score", "max_score", "status", "flags", "failed_checks")
@@ -129,7 +135,7 @@ def summary_table(results: Iterable[SubmissionResult]) -> str:
         failed = [c.id for c in r.checks if not c.passed and c.max_score > 0]
         score = f"{_fmt(r.score)} / {_fmt(r.max_score)}"
         lines.append(f"{r.key:<{key_w}}  {score:>11}  {r.status:<11}  {', '.join(failed) if failed else '-'}")
-    flagged = [(r, flags(r)) for r in rows if flags(r)]
+    flagged = [(r, found) for r in rows if (found := flags(r))]
     if flagged:
         lines.append("")
         lines.append(f"Flagged for follow-up ({len(flagged)}):")
