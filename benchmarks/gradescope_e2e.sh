@@ -112,7 +112,7 @@ inside bash -c "cd /autograder/source && .venv/bin/python - /autograder/results/
 import json
 import sys
 
-from grader.checks import CHECK_IDS
+from grader.judging.checks import CHECK_IDS
 
 path, expect_full = sys.argv[1], sys.argv[2] == "1"
 print(f"grader's Python: {sys.version.split()[0]}")

@@ -295,7 +295,7 @@ def plain_env(home: Path, bin_dir: Path, threads: int) -> dict[str, str]:
     }
     for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
-    env["TF_NUM_INTEROP_THREADS"] = "2"  # as grader/execute.py sets it
+    env["TF_NUM_INTEROP_THREADS"] = "2"  # as grader/runner/execute.py sets it
     return env
 
 
@@ -313,12 +313,12 @@ def grade_command(data: Data, cell_timeout: float, submissions: Path, grades: Pa
 
 
 def serve_data_cell(data_dir: Path) -> Any:
-    """The one cell the baselines get in front of the notebook: grader/bootstrap.py's serve_data only."""
+    """The one cell the baselines get in front of the notebook: grader/kernel/bootstrap.py's serve_data only."""
     import nbformat
 
-    boot = str(ROOT / "grader" / "bootstrap.py")
+    boot = str(ROOT / "grader" / "kernel" / "bootstrap.py")
     source = (
-        "# Serves Boston Housing and CIFAR-10 offline (grader/bootstrap.py: serve_data); no grading.\n"
+        "# Serves Boston Housing and CIFAR-10 offline (grader/kernel/bootstrap.py: serve_data); no grading.\n"
         "def __serve_data():\n"
         "    g = {'__name__': 'serve_data'}\n"
         f"    exec(compile(open({boot!r}).read(), {boot!r}, 'exec'), g)\n"
@@ -370,7 +370,7 @@ def check_executed(path: Path, expect: str) -> list[str]:
 
 def read_results(grades: Path) -> dict[str, SubmissionResult]:
     """Every submission's result in a grades dir, as the grader wrote it (``students/<key>/results.json``)."""
-    from grader import report
+    from grader.reports import report
 
     out = {}
     for path in sorted(grades.glob("students/*/results.json")):
@@ -633,7 +633,7 @@ class Bench:
         self.batch_kernel_cpu[PLAIN_BATCH] = cpu
 
     def run_regrade(self, subs: Path, grades: Path) -> None:
-        from grader import checks
+        from grader.judging import checks
 
         rubric = edited_rubric(checks.RUBRIC_PATH, self.work / "rubric-edited.toml")
         want_max = checks.load_rubric(rubric).max_score

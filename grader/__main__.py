@@ -17,18 +17,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from grader import options
-from grader.options import UsageError
+from grader import settings
+from grader.settings import UsageError
 from grader.outputs import student_dir
 from grader.records import SubmissionResult
 
-PROFILES = options.PROFILES
+PROFILES = settings.PROFILES
 DEFAULT_GRADES_DIR = "grades-selfcheck"
 
 
 def _argument(parser: argparse.ArgumentParser, name: str, help_text: str, default: str | None = None) -> None:
-    """Offer one of the grader's settings (grader/options.py): its flag, its parser, its environment variable."""
-    setting = options.SETTINGS[name]
+    """Offer one of the grader's settings (grader/settings.py): its flag, its parser, its environment variable."""
+    setting = settings.SETTINGS[name]
 
     def parse(text: str) -> Any:
         try:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             default = DEFAULT_GRADES_DIR if name == "grades_dir" else None
             # An option given on the command line is already parsed; else the environment, else the default.
             if getattr(args, name) is None:
-                setattr(args, name, options.resolve(name, None, default=default))
+                setattr(args, name, settings.resolve(name, None, default=default))
         return run(args)
     except UsageError as exc:
         parser.print_usage(sys.stderr)
@@ -105,15 +105,15 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"not a file: {nb} (give the path of one .ipynb notebook)")
     if nb.suffix.lower() != ".ipynb":
         raise UsageError(f"expected a Jupyter notebook (.ipynb), got {nb}")
-    options.check_data_dir(args.data_dir)
-    options.check_writable_dir(args.grades_dir, "--grades-dir")
-    options.check_sandbox(args.sandbox, own_notebook=True)
+    settings.check_data_dir(args.data_dir)
+    settings.check_writable_dir(args.grades_dir, "--grades-dir")
+    settings.check_sandbox(args.sandbox, own_notebook=True)
 
 
 def run(args: argparse.Namespace) -> int:
     _validate(args)
     # Imported here so that usage errors are reported at once, without loading the grader.
-    from grader import feedback
+    from grader.reports import feedback
     from grader.grade import Grader, GradingConfig, load_evidence
     from grader.submissions import Submission
 

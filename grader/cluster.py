@@ -37,9 +37,10 @@ from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from grader import __version__, execute, grade, options, submissions
+from grader import __version__, grade, settings, submissions
+from grader.runner import execute
 from grader.grade import EVALUATOR_TIMEOUT, Grader, GradingConfig
-from grader.options import parse_resources
+from grader.settings import parse_resources
 from grader.outputs import write_atomic
 from grader.records import Evidence, from_jsonable, to_jsonable, write_json_atomic
 
@@ -103,12 +104,8 @@ def settings_of(config: GradingConfig) -> dict[str, Any]:
 
 
 def code_digest() -> str:
-    """sha256 of the grader's executing modules as they are on this machine's disk (``grade._EXECUTION_CODE``)."""
-    digest = hashlib.sha256()
-    package = Path(grade.__file__).resolve().parent
-    for name in grade._EXECUTION_CODE:
-        digest.update(name.encode() + b"\0" + (package / name).read_bytes() + b"\0")
-    return digest.hexdigest()
+    """sha256 of the grader's executing code as it is on this machine's disk (``grade.EXECUTION_CODE``)."""
+    return grade.execution_code_digest()
 
 
 def ingredients(grader: Grader) -> dict[str, str]:
@@ -214,8 +211,8 @@ def _refusal() -> str:
     """Why this worker refuses every task before looking at it ("" when it does not): its sandbox is
     incomplete and its ``GRADER_SANDBOX`` (the ``--sandbox`` setting, read on the worker) requires it."""
     try:
-        options.check_sandbox(options.resolve("sandbox", None))
-    except options.UsageError as exc:
+        settings.check_sandbox(settings.resolve("sandbox", None))
+    except settings.UsageError as exc:
         return f"the Dask worker refuses to run student code: {exc}"
     return ""
 
@@ -245,7 +242,7 @@ def _worker_grader(settings: str, base: str, nthreads: int) -> Grader:
         cache_dir=Path(cache).resolve(),
         memory_limit=s["memory_limit"],
         threads=threads_setting(os.environ.get("GRADER_THREADS", "auto"), max(1, nthreads)),
-        sandbox=options.resolve("sandbox", None),  # the worker's own GRADER_SANDBOX
+        sandbox=settings.resolve("sandbox", None),  # the worker's own GRADER_SANDBOX
     )
     grader = Grader(config)
     _ = grader.data_dir  # the served data, written once into the cache

@@ -21,9 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from grader import __version__, checks, evaluate, execute, gpu, provenance, report, sandbox, submissions
-from grader.custody import Custody
-from grader.custody import folder_for as custody_folder
+from grader import __version__, submissions
+from grader.judging import checks, provenance
+from grader.evaluator import evaluate
+from grader.runner import execute, gpu, sandbox
+from grader.reports import report
+from grader.evaluator.custody import Custody
+from grader.evaluator.custody import folder_for as custody_folder
 from grader.datasets import DatasetStore, boston_split, served_cifar10
 from grader.outputs import student_dir, write_atomic
 from grader.records import (
@@ -42,13 +46,24 @@ from grader.records import (
     to_jsonable,
     write_json_atomic,
 )
-from grader.sandbox import DEFAULT_MEMORY_LIMIT, IsolatedRun
+from grader.runner.sandbox import DEFAULT_MEMORY_LIMIT, IsolatedRun
 
-# The modules whose behaviour shapes an execution's evidence (a change re-executes notebooks).
-_EXECUTION_CODE = (
-    "bootstrap.py", "execute.py", "evaluate.py", "inspect.py", "provenance.py", "submissions.py", "grade.py", "datasets.py",
-    "sandbox.py", "gpu.py", "custody.py",
-)
+# The code whose behaviour shapes an execution's evidence (a change re-executes notebooks): folders
+# and files of the grader package.
+EXECUTION_CODE = ("kernel", "runner", "evaluator", "judging/provenance.py", "submissions.py", "grade.py", "datasets.py", "text.py")
+
+
+def execution_code_digest() -> str:
+    """sha256 of ``EXECUTION_CODE`` as it is on this machine's disk."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in EXECUTION_CODE:
+        target = package / name
+        for path in sorted(target.rglob("*.py")) if target.is_dir() else [target]:
+            digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 MAX_RECORDS_BYTES = 50 * 1024 * 1024
 MAX_SAMPLES_BYTES = 200 * 1024 * 1024
 EVALUATOR_TIMEOUT = 900.0
@@ -73,7 +88,7 @@ class GradingConfig:
     baselines_dir: Path = Path(__file__).resolve().parent.parent / "reference" / "baselines"
     rubric_path: Path = checks.RUBRIC_PATH
     threads: int | None = None
-    memory_limit: int | None = None  # bytes per runner/evaluator; None: grader.sandbox.DEFAULT_MEMORY_LIMIT
+    memory_limit: int | None = None  # bytes per runner/evaluator; None: grader.runner.sandbox.DEFAULT_MEMORY_LIMIT
     hidden: tuple[Path, ...] = ()  # paths the sandboxed children must not see (the submissions folder)
     force: bool = False  # execute even when stored evidence for the same notebook and settings exists
     draw_processes: int = 1  # processes drawing a feedback page's figures (more only when nothing else is graded at once)
@@ -201,8 +216,7 @@ class Grader:
         """
         digest = hashlib.sha256()
         digest.update(notebook.read_bytes())
-        for name in _EXECUTION_CODE:
-            digest.update((Path(__file__).parent / name).read_bytes())
+        digest.update(execution_code_digest().encode())
         protections = sandbox.probe()
         settings = (
             self.config.profile, self.config.seed, self.config.cell_timeout, self.config.notebook_timeout,
@@ -240,7 +254,7 @@ class Grader:
         nb = submissions.read_notebook(notebook)
         prepared, neutralised = submissions.prepare(nb)
         parts = submissions.cell_parts(prepared)
-        # With GPUs, the kernel and the evaluator run while this submission holds one (grader/gpu.py).
+        # With GPUs, the kernel and the evaluator run while this submission holds one (grader/runner/gpu.py).
         with gpu.slot(self.config.grades_dir / ".gpu") as gpu_index:
             execute.write_job(
                 job_dir,
@@ -253,11 +267,11 @@ class Grader:
                 threads=self.config.threads,
                 gpu_index=gpu_index,
             )
-            custody = Custody(job_dir)  # before the runner starts: hidden from it (grader/custody.py)
+            custody = Custody(job_dir)  # before the runner starts: hidden from it (grader/evaluator/custody.py)
             runner = self._start_runner(job_dir, custody)
             with runner:
                 # The evaluator starts with the notebook: its imports, and its work on the models the
-                # first cells train, overlap the cells that follow (grader/evaluate.py).
+                # first cells train, overlap the cells that follow (grader/evaluator/evaluate.py).
                 session = self._evaluator(
                     job_dir,
                     timeout=self.config.notebook_timeout + execute.RUNNER_GRACE + EVALUATOR_TIMEOUT,
@@ -343,7 +357,7 @@ class Grader:
             late=sub.late,
             notes=list(sub.notes),
         )
-        from grader import feedback
+        from grader.reports import feedback
 
         # The page first, so that results.json can say how long reporting took (the page, the record).
         t0 = time.monotonic()
@@ -359,7 +373,7 @@ class Grader:
             baseline, bounds = self.baseline, self.bounds
         except (FileNotFoundError, ValueError, KeyError):
             baseline, bounds = None, None
-        from grader import feedback
+        from grader.reports import feedback
 
         try:
             feedback.write_feedback(
@@ -944,7 +958,7 @@ class SandboxUnavailable(RuntimeError):
 
 def _import_reporting() -> None:
     """Import the feedback pages' libraries (matplotlib, jinja2, Pillow) ahead of their first use."""
-    import grader.feedback  # noqa: F401
+    import grader.reports.feedback  # noqa: F401
 
 
 def _sealed(job_dir: Path, seal: dict[str, str]) -> bool:

@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from grader import options
+from grader import settings
 from grader.cli import add_version_argument
 
 if TYPE_CHECKING:
@@ -258,9 +258,9 @@ def run(root: Path, profile: str, cache_dir: Path | None = None, sandbox: str = 
     """Grade ``root/submission`` and write ``root/results/results.json`` (Gradescope's contract).
 
     ``cache_dir`` is where the served data is prepared (default: inside ``root/results/grading``);
-    ``sandbox`` is the ``--sandbox`` setting (grader/options.py).
+    ``sandbox`` is the ``--sandbox`` setting (grader/settings.py).
     """
-    from grader import feedback, report
+    from grader.reports import feedback, report
     from grader.grade import Grader, GradingConfig
     from grader.records import write_json_atomic
 
@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where the served data is prepared (env GRADER_DATA_CACHE; default: inside ROOT/results/grading)",
     )
-    r.add_argument("--sandbox", default=None, metavar="MODE", help=options.describe("sandbox"))
+    r.add_argument("--sandbox", default=None, metavar="MODE", help=settings.describe("sandbox"))
     return parser
 
 
@@ -333,9 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"served data ready in {folder}")
             return 0
         check_root(args.root)
-        sandbox = options.resolve("sandbox", args.sandbox)
-        options.check_sandbox(sandbox)
-    except (UsageError, options.UsageError) as exc:
+        sandbox = settings.resolve("sandbox", args.sandbox)
+        settings.check_sandbox(sandbox)
+    except (UsageError, settings.UsageError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 2
     cache = args.data_cache or (Path(os.environ["GRADER_DATA_CACHE"]) if os.environ.get("GRADER_DATA_CACHE") else None)

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from grader import checks, lms, options, report
+from grader.judging import checks
+from grader import lms, settings
+from grader.reports import report
 from grader.grade import Grader, GradingConfig
 from grader.outputs import STUDENTS
 from grader.records import SubmissionResult
@@ -27,7 +29,7 @@ RESULTS_KEY = pytest.StashKey[dict[str, SubmissionResult]]()
 SUBMISSIONS_KEY = pytest.StashKey[list[Submission]]()
 DOWNLOAD_KEY = pytest.StashKey["lms.Download"]()
 
-# The settings this front end offers (grader/options.py declares each one once).
+# The settings this front end offers (grader/settings.py declares each one once).
 PLUGIN_SETTINGS = (
     "submissions", "grades_dir", "profile", "data_dir", "cell_timeout", "notebook_timeout", "seed",
     "memory_limit", "threads", "rubric", "data_cache", "sandbox", "roster", "roster_column",
@@ -39,8 +41,8 @@ ROSTER_OUTPUT = "canvas-import.csv"  # the filled Canvas gradebook, in the grade
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("grading", "grading the L1/L2 Regularization Exercise")
     for name in PLUGIN_SETTINGS:
-        setting = options.SETTINGS[name]
-        group.addoption(setting.flag, dest=name, default=None, metavar=setting.metavar, help=options.describe(name))
+        setting = settings.SETTINGS[name]
+        group.addoption(setting.flag, dest=name, default=None, metavar=setting.metavar, help=settings.describe(name))
     group.addoption(
         "--force",
         action="store_true",
@@ -51,8 +53,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _setting(config: pytest.Config, name: str) -> Any:
     try:
-        return options.resolve(name, config.getoption(name))
-    except options.UsageError as exc:
+        return settings.resolve(name, config.getoption(name))
+    except settings.UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
 
 
@@ -64,7 +66,7 @@ def grading_config(config: pytest.Config) -> GradingConfig:
         submissions = _submissions_dir(config)
         try:
             threads = threads_setting(_setting(config, "threads"), _workers(config))
-        except options.UsageError as exc:
+        except settings.UsageError as exc:
             raise pytest.UsageError(f"option --threads: {exc}") from None
         config.stash[CONFIG_KEY] = GradingConfig(
             grades_dir=(root / _setting(config, "grades_dir")).resolve(),
@@ -110,16 +112,16 @@ def validate(config: pytest.Config) -> None:
     folder = _submissions_dir(config)
     try:
         if not folder.is_file():  # a zip is checked as it is read (submissions_of)
-            options.check_submissions(folder)
-        options.check_writable_dir(cfg.grades_dir, "--grades-dir")
-        options.check_writable_dir(cfg.data_cache, "--data-cache")
-        options.check_data_dir(cfg.data_dir)
-        options.check_rubric(cfg.rubric_path)
-        options.check_readable_file(_setting(config, "roster"), "--roster")
+            settings.check_submissions(folder)
+        settings.check_writable_dir(cfg.grades_dir, "--grades-dir")
+        settings.check_writable_dir(cfg.data_cache, "--data-cache")
+        settings.check_data_dir(cfg.data_dir)
+        settings.check_rubric(cfg.rubric_path)
+        settings.check_readable_file(_setting(config, "roster"), "--roster")
         # With a Dask scheduler the notebooks execute on its workers, each of which checks its own sandbox.
         if not (config.getoption("collectonly", False) or cfg.dask_scheduler or cfg.dask_scheduler_file):
-            options.check_sandbox(cfg.sandbox)
-    except options.UsageError as exc:
+            settings.check_sandbox(cfg.sandbox)
+    except settings.UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     check_baseline(config)
     if not submissions_of(config):
@@ -178,7 +180,7 @@ def threads_setting(text: str, workers: int, cores: int | None = None) -> int:
     except ValueError:
         threads = 0
     if threads < 1:
-        raise options.UsageError(f"expected cores, auto or a positive number, got {text!r}")
+        raise settings.UsageError(f"expected cores, auto or a positive number, got {text!r}")
     return threads
 
 
@@ -206,7 +208,7 @@ def _submissions_dir(config: pytest.Config) -> Path:
 def pytest_report_header(config: pytest.Config) -> str | None:
     if not grading_requested(config):
         return None
-    from grader import sandbox
+    from grader.runner import sandbox
 
     mode = grading_config(config).sandbox
     return sandbox.describe() + ("" if mode == "required" else f" (--sandbox {mode})")
@@ -461,7 +463,7 @@ def _write_class_outputs(config: pytest.Config) -> None:
     if not results:
         return
     cfg = grading_config(config)
-    from grader import feedback
+    from grader.reports import feedback
 
     def gradebook() -> None:
         report.write_gradebook(cfg.grades_dir, results, checks.CHECK_IDS)

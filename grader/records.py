@@ -75,7 +75,7 @@ def _json_default(obj: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# What the kernel records (written by grader/bootstrap.py inside the student's process, so
+# What the kernel records (written by grader/kernel/bootstrap.py inside the student's process, so
 # everything here is untrusted input for the grader: it is used to *find* things, and the
 # numbers that decide a grade are recomputed from the saved models).
 # --------------------------------------------------------------------------------------------

@@ -119,6 +119,16 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
 # Preparation steps
 # ---------------------------------------------------------------------------------------------
 
+# How a neutralised line is marked in the prepared notebook (the runner lists the lines marked so).
+NOT_RUN_MARKER = "[grader] not run while grading"
+MAGIC_CELL_MARKER = "[grader] cell magic not run while grading"
+
+
+def neutralised_lines(source: str) -> list[str]:
+    """The lines of a prepared cell that ``neutralise_magics`` replaced."""
+    return [line for line in source.splitlines() if NOT_RUN_MARKER in line or MAGIC_CELL_MARKER in line]
+
+
 # Magics that only change how a cell is timed or displayed; everything else is neutralised.
 ALLOWED_LINE_MAGICS = {"matplotlib", "time", "config", "precision", "who", "whos"}
 ALLOWED_CELL_MAGICS = {"time", "capture"}
@@ -157,7 +167,7 @@ def neutralise_magics(nb: nbformat.NotebookNode) -> list[str]:
             if name not in ALLOWED_CELL_MAGICS:
                 replaced.append(lines[first].strip())
                 cell.source = "\n".join(
-                    [f"# [grader] cell magic not run while grading: {lines[first].strip()}"]
+                    [f"# {MAGIC_CELL_MARKER}: {lines[first].strip()}"]
                     + [f"# {line}" for line in lines[first + 1 :]]
                     + ["pass"]
                 )
@@ -177,9 +187,9 @@ def neutralise_magics(nb: nbformat.NotebookNode) -> list[str]:
                 assign = match["assign"] or ""
                 value = "[]" if assign else "None"
                 new_lines.append(
-                    f"{match['indent']}{assign}{value}  # [grader] not run while grading: {line.strip()}"
+                    f"{match['indent']}{assign}{value}  # {NOT_RUN_MARKER}: {line.strip()}"
                     if assign
-                    else f"{match['indent']}pass  # [grader] not run while grading: {line.strip()}"
+                    else f"{match['indent']}pass  # {NOT_RUN_MARKER}: {line.strip()}"
                 )
             else:
                 new_lines.append(line)
@@ -217,7 +227,7 @@ def prepare(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[str]
 # ---------------------------------------------------------------------------------------------
 
 RECAP, PRACTICE, OTHER = "recap", "practice", "other"
-# The canonical datasets (grader/provenance.py) and the part that trains on each.
+# The canonical datasets (grader/judging/provenance.py) and the part that trains on each.
 DATASET_PARTS = {"boston": RECAP, "cifar10": PRACTICE}
 
 # "#Practice", without a space after the hashes, counts as a heading too.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from grader.checks import CHECK_IDS
+from grader.judging.checks import CHECK_IDS
 from grader.plugin import check_baseline, graded, submissions_of, take_progress
 
 

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from grader import checks
+from grader.judging import checks
 from grader.datasets import DatasetStore
 from grader.grade import Grader, GradingConfig
 from grader.records import Evidence, write_json_atomic

@@ -38,7 +38,7 @@ from typing import Any
 
 import nbformat
 
-from grader import checks
+from grader.judging import checks
 from grader.grade import Grader, GradingConfig
 from grader.plugin import available_cores
 from grader.records import CellOutcome, CheckResult, EvaluationEvidence, Evidence, ModelEvidence, write_json_atomic
@@ -490,7 +490,7 @@ def calibrate(
         f"built from {trained} trained models, in {elapsed / 60:.1f} min; wrote {path}"
     )
     if problems:
-        print("checks that carry points but should not (set their points to 0 in grader/rubric.toml, with the reason):")
+        print("checks that carry points but should not (set their points to 0 in grader/judging/rubric.toml, with the reason):")
         for line in problems:
             print("  " + line)
     return 0

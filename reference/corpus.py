@@ -20,7 +20,7 @@ import itertools
 
 import nbformat
 
-from grader.checks import CHECK_IDS
+from grader.judging.checks import CHECK_IDS
 
 
 @dataclasses.dataclass(frozen=True)

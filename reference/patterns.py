@@ -32,7 +32,7 @@ import dataclasses
 
 import nbformat
 
-from grader.checks import CHECK_IDS
+from grader.judging.checks import CHECK_IDS
 from reference.corpus import CIFAR_SETUP, RECAP_SETUP
 
 TOPICS = ("rebuild", "training", "preprocessing", "integrity", "recap")

@@ -19,7 +19,7 @@ The run uses ``-n 2`` (two pytest-xdist workers): each notebook must still be ex
 checks of one submission still land on both workers, which then wait for each other, so it is no faster
 than a serial run (see ``test_parallel_grading_grades_each_submission_on_one_worker``). Where a protection is missing on
 this machine (no bubblewrap, no writable cgroups), the tests assert the documented fallback, using
-``grader.sandbox.probe()``. Bugs found in the grader are strict xfails whose reason names the file and
+``grader.runner.sandbox.probe()``. Bugs found in the grader are strict xfails whose reason names the file and
 the fix.
 
 The notebooks of ``GRADED_ALONE`` train correct models, so they score; each is left out of the corpus and
@@ -50,7 +50,7 @@ from typing import Any, Protocol
 import nbformat
 import pytest
 
-from grader import sandbox
+from grader.runner import sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = Path(__file__).resolve().parent / "adversarial"
@@ -816,7 +816,7 @@ def test_writes_outside_the_job_dir_fail_or_stay_in_the_sandbox(run: Run) -> Non
 
 
 def test_the_kernel_environment_holds_none_of_the_graders_variables(run: Run) -> None:
-    from grader.execute import _kernel_env
+    from grader.runner.execute import _kernel_env
 
     text = output(run, "environment_is_scrubbed", "env")
     kernel_env = json.loads(text.split("ENV ", 1)[1].splitlines()[0])

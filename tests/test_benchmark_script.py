@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-from grader import checks
+from grader.judging import checks
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Tests of the fingerprint helpers of grader/bootstrap.py (shared by the kernel and the grader).
+"""Tests of the fingerprint helpers of grader/kernel/bootstrap.py (shared by the kernel and the grader).
 
 ``install`` patches a live kernel and is exercised by the end-to-end runs; the recorder is also run here once, on a tiny model.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grader.bootstrap import HASH_THREAD_BYTES, SAMPLE_WIDTH, channel_stats, fingerprint_array, sample_positions
+from grader.kernel.bootstrap import HASH_THREAD_BYTES, SAMPLE_WIDTH, channel_stats, fingerprint_array, sample_positions
 from grader.records import ArrayFingerprint, ChannelStats, from_jsonable
 
 
@@ -147,8 +147,8 @@ def test_a_fingerprint_is_json_and_reads_back_as_an_array_fingerprint(tmp_path: 
 
 def test_layer_facts_written_for_subclassed_models_read_back_with_inspect() -> None:
     keras = pytest.importorskip("keras")
-    from grader.bootstrap import _layer_facts
-    from grader.inspect import regularizer_from_config
+    from grader.kernel.bootstrap import _layer_facts
+    from grader.evaluator.inspect import regularizer_from_config
 
     model = keras.Sequential(
         [
@@ -171,7 +171,7 @@ def test_layer_facts_written_for_subclassed_models_read_back_with_inspect() -> N
 
 def test_the_recorder_reports_each_epoch_and_keeps_the_students_own_callbacks(tmp_path: Path) -> None:
     keras = pytest.importorskip("keras")
-    from grader.bootstrap import _install_recorder
+    from grader.kernel.bootstrap import _install_recorder
 
     original_fit, original_evaluate = keras.Model.fit, keras.Model.evaluate
     seen: list[tuple[int, dict[str, float]]] = []

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from grader import checks
+from grader.judging import checks
 from grader.records import CellOutcome, Evidence, ModelEvidence
 from reference import calibrate, corpus, patterns
 

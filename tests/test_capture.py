@@ -1,4 +1,4 @@
-"""What the kernel-side recorder of grader/bootstrap.py captures of a training run, however it is written.
+"""What the kernel-side recorder of grader/kernel/bootstrap.py captures of a training run, however it is written.
 
 Each test installs the recorder in this process (as the set-up cell does in a kernel), trains a tiny
 model the way a student might, flushes what was trained outside ``fit`` (as the end of a cell does),
@@ -23,8 +23,8 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from grader import bootstrap  # noqa: E402
-from grader.bootstrap import sample_positions  # noqa: E402
+from grader.kernel import bootstrap# noqa: E402
+from grader.kernel.bootstrap import sample_positions  # noqa: E402
 
 SEED = 0
 ROWS = 20

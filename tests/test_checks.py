@@ -1,4 +1,4 @@
-"""Tests of grader/checks.py on hand-built evidence: which model is which, and what each check says."""
+"""Tests of grader/judging/checks.py on hand-built evidence: which model is which, and what each check says."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from grader import checks
-from grader.checks import (
+from grader.judging import checks
+from grader.judging.checks import (
     CHECK_IDS,
     Bounds,
     Rubric,
@@ -937,7 +937,7 @@ def test_failed_all_fails_every_check_with_the_same_message(rubric: Rubric) -> N
 def test_a_megabytes_long_printed_line_is_read_in_bounded_time() -> None:
     import time
 
-    from grader.checks import printed_test_metrics
+    from grader.judging.checks import printed_test_metrics
 
     started = time.perf_counter()
     assert printed_test_metrics("x" * 3_000_000) == []

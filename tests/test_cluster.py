@@ -32,7 +32,8 @@ import nbformat
 import psutil
 import pytest
 
-from grader import cluster, sandbox
+from grader import cluster
+from grader.runner import sandbox
 from grader.grade import GradingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -335,7 +336,7 @@ def test_a_worker_with_other_grader_code_refuses_and_the_run_goes_on(lab: Cluste
     # A worker running another revision of the grader: a copy of the package with one executing module changed.
     other = lab.base / "other-revision"
     shutil.copytree(ROOT / "grader", other / "grader", ignore=shutil.ignore_patterns("__pycache__"))
-    with open(other / "grader" / "execute.py", "a") as fh:
+    with open(other / "grader" / "runner" / "execute.py", "a") as fh:
         fh.write("\n# another revision of the runner\n")
     lab.start_worker("other", "--resources", "OTHER=1", pythonpath=other)
     try:

@@ -1,7 +1,7 @@
 """Custody: each saved model is taken out of the kernel's reach as soon as its fit is recorded.
 
 These tests lay out a job dir by hand (saved Keras models under ``artifacts/models/`` and fit records in
-``artifacts/records.jsonl``, as the kernel's recorder leaves them) and drive ``grader.custody.Custody``
+``artifacts/records.jsonl``, as the kernel's recorder leaves them) and drive ``grader.evaluator.custody.Custody``
 and the ``Grader`` methods that use it; no notebook runs. A model overwritten after its record was taken
 is judged as taken; links, FIFOs and oversized models are refused with the reason the model gets; a
 record that appears only after the runner ended is taken then; the runner's sandbox does not mount the
@@ -22,9 +22,10 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from grader import custody as custody_module  # noqa: E402
-from grader import evaluate, sandbox  # noqa: E402
-from grader.custody import Custody  # noqa: E402
+from grader.evaluator import custody as custody_module# noqa: E402
+from grader.evaluator import evaluate# noqa: E402
+from grader.runner import sandbox
+from grader.evaluator.custody import Custody  # noqa: E402
 from grader.grade import Grader, GradingConfig  # noqa: E402
 from grader.records import ArrayFingerprint, FitRecord, to_jsonable  # noqa: E402
 

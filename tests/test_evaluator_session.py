@@ -19,7 +19,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from grader import evaluate  # noqa: E402
+from grader.evaluator import evaluate# noqa: E402
 from grader.grade import Grader, GradingConfig  # noqa: E402
 from grader.records import ModelFacts  # noqa: E402
 
@@ -150,7 +150,8 @@ def test_artifact_digest_changes_with_the_bytes_and_is_empty_for_links(tmp_path:
 def test_a_match_made_while_the_notebook_ran_is_reused_only_for_the_same_samples(
     grader: Grader, job_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from grader import grade, provenance
+    from grader import grade
+    from grader.judging import provenance
     from grader.records import ArrayFingerprint
 
     calls: list[int] = []

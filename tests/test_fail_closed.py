@@ -207,7 +207,7 @@ def test_every_output_is_written_with_one_shared_mode(unsandboxed_run: tuple[sub
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
 def test_an_installed_grader_keeps_the_reference_hidden_from_the_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Installed, the grader's parent folder is site-packages, which the sandbox binds back whole."""
-    from grader import sandbox
+    from grader.runner import sandbox
 
     site = tmp_path / "site-packages"
     (site / "reference" / "baselines").mkdir(parents=True)
@@ -228,7 +228,7 @@ def test_an_installed_grader_keeps_the_reference_hidden_from_the_kernel(tmp_path
 def test_a_folder_hidden_inside_the_job_dir_stays_hidden_from_the_runner(tmp_path: Path) -> None:
     """The evaluator's requests, answers and inputs lie in the job dir the runner writes: the kernel
     must neither read nor forge them."""
-    from grader import sandbox
+    from grader.runner import sandbox
 
     job = tmp_path / "job"
     (job / "eval" / "results").mkdir(parents=True)

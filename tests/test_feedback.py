@@ -1,4 +1,4 @@
-"""Tests of grader/feedback.py (feedback.html, index.html, leaderboard entries) and of the self-check
+"""Tests of grader/reports/feedback.py (feedback.html, index.html, leaderboard entries) and of the self-check
 command ``python -m grader`` (its usage errors, and its output with the grader replaced by a stub).
 
 Fast: evidence is built by hand, nothing is executed. Nothing is written into the repository.
@@ -23,8 +23,9 @@ import markupsafe
 import numpy as np
 import pytest
 
-from grader import checks, feedback
-from grader.inspect import abs_histogram, near_zero_fractions
+from grader.judging import checks
+from grader.reports import feedback
+from grader.evaluator.inspect import abs_histogram, near_zero_fractions
 from grader.records import (
     CellOutcome,
     Evidence,

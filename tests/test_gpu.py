@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from grader import execute, gpu, sandbox
+from grader.runner import execute, gpu, sandbox
 
 
 def test_without_a_gpu_a_slot_is_none_and_free(tmp_path: Path) -> None:

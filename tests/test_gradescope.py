@@ -65,6 +65,6 @@ def test_an_upload_without_a_notebook_gets_a_result_with_the_reason(tmp_path: Pa
 
 
 def gradescope_check_ids() -> tuple[str, ...]:
-    from grader.checks import CHECK_IDS
+    from grader.judging.checks import CHECK_IDS
 
     return CHECK_IDS

@@ -1,4 +1,4 @@
-"""Tests of grader/hints.py on the errors Keras-2 code really raises under Keras 3.15.1 and TensorFlow 2.21
+"""Tests of grader/judging/hints.py on the errors Keras-2 code really raises under Keras 3.15.1 and TensorFlow 2.21
 (each message below was observed running the snippet beside it; the checks that quote the hints are
 tested in test_checks.py)."""
 
@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from grader.hints import keras3_hint
+from grader.judging.hints import keras3_hint
 
 # (Keras-2 code, exception name, exception message) as raised in a kernel running Keras 3.15.1 / TF 2.21.
 OBSERVED = {

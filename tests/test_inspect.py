@@ -1,4 +1,4 @@
-"""Tests of grader/inspect.py on small in-memory Keras models (built with keras.Input, never trained)."""
+"""Tests of grader/evaluator/inspect.py on small in-memory Keras models (built with keras.Input, never trained)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 keras = pytest.importorskip("keras")
 from keras import layers, regularizers  # noqa: E402
 
-from grader.inspect import (  # noqa: E402
+from grader.evaluator.inspect import (  # noqa: E402
     HISTOGRAM_EDGES,
     abs_histogram,
     kernels,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from grader import sandbox
+from grader.runner import sandbox
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="thread priorities are Linux's")
 

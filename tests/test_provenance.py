@@ -1,8 +1,8 @@
-"""Tests of grader/provenance.py: recognising the canonical data, and its scaling, from kernel fingerprints.
+"""Tests of grader/judging/provenance.py: recognising the canonical data, and its scaling, from kernel fingerprints.
 
 The canonical datasets here are small synthetic stand-ins: a Boston-like table (60 train / 20 test rows
 of 13 float features, one of them binary like CHAS) and CIFAR-like images (40 / 10 uint8 images of 8x8x3).
-The student's arrays are fingerprinted exactly as the kernel does, with ``grader.bootstrap.fingerprint_array``.
+The student's arrays are fingerprinted exactly as the kernel does, with ``grader.kernel.bootstrap.fingerprint_array``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from grader.bootstrap import fingerprint_array
-from grader.provenance import Canonical, DataMatch, identify, identify_any, label_affine, make_canonical
+from grader.kernel.bootstrap import fingerprint_array
+from grader.judging.provenance import Canonical, DataMatch, identify, identify_any, label_affine, make_canonical
 from grader.records import ArrayFingerprint, from_jsonable
 
 # Per-feature scales of very different magnitudes, like Boston's CRIM (~0-90) ... TAX (~200-700).
@@ -358,7 +358,7 @@ def per_image_standardisation(x: np.ndarray) -> np.ndarray:
 
 def prepared_test_inputs(canon: Canonical, match: DataMatch) -> np.ndarray:
     """The canonical test images as the evaluator gets them for this match (grade + evaluate)."""
-    from grader.evaluate import _prepare_inputs
+    from grader.evaluator.evaluate import _prepare_inputs
 
     rows = canon.base_transform(canon.x_test, match.mode)
     return _prepare_inputs_from(rows, canon, match, _prepare_inputs)

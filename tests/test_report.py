@@ -1,4 +1,4 @@
-"""Tests of grader/report.py (results.json, executed.ipynb, gradebook.csv, summary) and of the
+"""Tests of grader/reports/report.py (results.json, executed.ipynb, gradebook.csv, summary) and of the
 records it is written from (grader/records.py: JSON round trips and atomic writes)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from grader.checks import CHECK_IDS
+from grader.judging.checks import CHECK_IDS
 from grader.records import (
     CellOutcome,
     CheckResult,
@@ -26,7 +26,7 @@ from grader.records import (
     to_jsonable,
     write_json_atomic,
 )
-from grader.report import gradescope_results, read_result, summary_table, write_gradebook, write_submission
+from grader.reports.report import gradescope_results, read_result, summary_table, write_gradebook, write_submission
 
 
 def result(key: str = "alice", score: float = 12.5, status: str = "graded", reason: str = "") -> SubmissionResult:

@@ -18,7 +18,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from grader.checks import CHECK_IDS, load_rubric
+from grader.judging.checks import CHECK_IDS, load_rubric
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "submissions"

@@ -18,7 +18,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from grader import checks
+from grader.judging import checks
 from grader.grade import Grader, GradingConfig
 from grader.records import Evidence, ModelEvidence
 from reference import patterns

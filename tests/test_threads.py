@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from grader import plugin
-from grader.execute import _kernel_env
+from grader.runner.execute import _kernel_env
 
 
 @pytest.mark.parametrize(
@@ -30,10 +30,10 @@ def test_auto_divides_the_available_cores_by_the_workers() -> None:
 
 @pytest.mark.parametrize("text", ["0", "-1", "two", ""])
 def test_a_bad_thread_count_is_a_usage_error(text: str) -> None:
-    from grader import options
+    from grader import settings
 
-    with pytest.raises(options.UsageError, match="option --threads: expected cores, auto or a positive number"):
-        options.resolve("threads", text, environ={})
+    with pytest.raises(settings.UsageError, match="option --threads: expected cores, auto or a positive number"):
+        settings.resolve("threads", text, environ={})
 
 
 def test_the_kernel_gets_the_thread_count_in_every_library_variable(tmp_path: Path) -> None:

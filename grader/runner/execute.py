@@ -1,8 +1,8 @@
 """The runner: executes one prepared notebook in a fresh kernel and leaves artifacts in its job dir.
 
 Two halves live here. The orchestrator calls :func:`write_job` (the job description), then
-:func:`start_job`, which starts ``python -m grader.execute JOB_DIR`` as a separate process (sandboxed
-when the machine allows, see ``grader/sandbox.py``) with a hard deadline, and :func:`job_result` once
+:func:`start_job`, which starts ``python -m grader.runner.execute JOB_DIR`` as a separate process (sandboxed
+when the machine allows, see ``grader/runner/sandbox.py``) with a hard deadline, and :func:`job_result` once
 it ends. The ``__main__`` half runs nbclient inside that process: a bootstrap cell first, then each student cell with its own timeout, going on after errors.
 
 Job dir layout::
@@ -12,7 +12,7 @@ Job dir layout::
     bootstrap.py      the code run in the kernel before student cells
     home/             the kernel's cwd and HOME
     artifacts/        written by the kernel: records.jsonl, models/, samples/
-    executed.ipynb    written by the runner after every cell
+    executed.ipynb    written by the runner when the notebook ends
     cells.json        per-cell outcomes, written by the runner after every cell
     runner.log        the runner's and the kernel's stderr
 """
@@ -33,10 +33,17 @@ from typing import TYPE_CHECKING, Any
 
 import nbformat
 
+from grader import submissions
+from grader.kernel import BOOTSTRAP
+from grader.outputs import write_atomic
 from grader.records import CellOutcome, to_jsonable, write_json_atomic
+from grader.text import trim_traceback
+
+TRACEBACK_LINES = 40  # the end of a failing cell's traceback kept in cells.json
+TRACEBACK_CHARS = 8000
 
 if TYPE_CHECKING:
-    from grader.sandbox import IsolatedRun
+    from grader.runner.sandbox import IsolatedRun
 
 CELL_OUTPUT_CAP = 1_000_000  # bytes of output kept per cell; the rest is dropped with a note
 NOTEBOOK_OUTPUT_CAP = 5_000_000
@@ -64,7 +71,7 @@ def write_job(
     (job_dir / "home").mkdir(parents=True)
     (job_dir / "artifacts").mkdir()
     nbformat.write(notebook, str(job_dir / "input.ipynb"))
-    shutil.copyfile(Path(__file__).with_name("bootstrap.py"), job_dir / "bootstrap.py")
+    shutil.copyfile(BOOTSTRAP, job_dir / "bootstrap.py")
     write_json_atomic(
         job_dir / "job.json",
         {
@@ -99,10 +106,10 @@ def start_job(
     grace: float = RUNNER_GRACE,
 ) -> IsolatedRun:
     """Start the runner process for a prepared job dir; ``job_result`` turns its ending into a ``RunResult``."""
-    from grader import sandbox
+    from grader.runner import sandbox
 
     return sandbox.IsolatedRun(
-        [sys.executable, "-m", "grader.execute", str(job_dir)],
+        [sys.executable, "-m", "grader.runner.execute", str(job_dir)],
         sandbox.Isolation(job_dir, readable=readable, hidden=hidden, scratch=(job_dir / "home",)),
         timeout=notebook_timeout + grace,
         log_path=job_dir / "runner.log",
@@ -213,32 +220,21 @@ def _kernel_env(job_dir: Path, seed: int, threads: int | None, gpu_index: int | 
         "TF_DETERMINISTIC_OPS": "1",
         "LANG": "C.UTF-8",
     }
-    from grader.sandbox import PASSTHROUGH_ENV
+    from grader.runner.sandbox import PASSTHROUGH_ENV
 
     for passthrough in PASSTHROUGH_ENV:
         if passthrough in os.environ:
             env[passthrough] = os.environ[passthrough]
-    from grader import gpu
+    from grader.runner import gpu
 
     env.update(gpu.GROWTH_ENV)
-    if gpu_index is not None:  # the one GPU this kernel holds (grader/gpu.py)
+    if gpu_index is not None:  # the one GPU this kernel holds (grader/runner/gpu.py)
         env["CUDA_VISIBLE_DEVICES"] = str(gpu_index)
     if threads:
         for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(threads)
         env["TF_NUM_INTEROP_THREADS"] = "2"
     return env
-
-
-def _trim_traceback(lines: list[str], keep: int = 12) -> str:
-    import re
-
-    plain = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in lines]
-    text = "\n".join(plain)
-    out = text.splitlines()
-    if len(out) > 2 * keep:
-        out = out[:keep] + [f"... ({len(out) - 2 * keep} lines trimmed) ..."] + out[-keep:]
-    return "\n".join(out)[:8000]
 
 
 async def _probe(client: Any, seconds: float) -> bool:
@@ -280,8 +276,7 @@ async def _execute(job_dir: Path) -> None:
         notebook with its outputs takes tens of milliseconds, for nothing: files left by a runner
         that did not finish are unsealed, and the orchestrator discards them unread."""
         if final:
-            nbformat.write(nb, str(job_dir / "executed.ipynb.tmp"))
-            os.replace(job_dir / "executed.ipynb.tmp", job_dir / "executed.ipynb")
+            write_atomic(job_dir / "executed.ipynb", nbformat.writes(nb))
         write_json_atomic(
             job_dir / "cells.json",
             {
@@ -334,7 +329,7 @@ async def _execute(job_dir: Path) -> None:
                 if cell.cell_type != "code":
                     continue
                 part = parts[index] if index < len(parts) else "other"
-                neutralised = [line for line in cell.source.splitlines() if "[grader] not run while grading" in line or "[grader] cell magic not run" in line]
+                neutralised = submissions.neutralised_lines(cell.source)
                 if dead:
                     outcomes[index] = CellOutcome(index, "dead_kernel", 0.0, part, "KernelDied", f"not run: {dead}")
                     continue
@@ -377,7 +372,7 @@ async def _execute(job_dir: Path) -> None:
                 else:
                     outcomes[index] = CellOutcome(
                         index, "error", seconds, part, str(err.get("ename", "")), str(err.get("evalue", ""))[:2000],
-                        _trim_traceback(err.get("traceback", [])), neutralised=neutralised,
+                        trim_traceback(err.get("traceback", []), lines=TRACEBACK_LINES, chars=TRACEBACK_CHARS), neutralised=neutralised,
                     )
                 save("running", "")
             timings["cells"] = time.monotonic() - t_cells
@@ -411,7 +406,7 @@ def _seal(job_dir: Path, names: tuple[str, ...]) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m grader.execute JOB_DIR", file=sys.stderr)
+        print("usage: python -m grader.runner.execute JOB_DIR", file=sys.stderr)
         return 2
     fd = os.environ.get("GRADER_SEAL_FD")
     if fd:

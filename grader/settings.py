@@ -165,7 +165,7 @@ SETTINGS: dict[str, Setting] = {
                 "auto (the cores divided by the pytest-xdist workers: no oversubscription, results may differ "
                 "in the last digits between -n settings) or a number", "N"),
         Setting("rubric", "--rubric", "GRADER_RUBRIC", None, path,
-                "the rubric file (points and settings); default grader/rubric.toml", "FILE"),
+                "the rubric file (points and settings); default grader/judging/rubric.toml", "FILE"),
         Setting("data_cache", "--data-cache", "GRADER_DATA_CACHE", "~/.cache/l1l2-grader", path,
                 "where the data served to kernels is prepared once per dataset version and kept for later runs", "DIR"),
         Setting("roster", "--roster", "GRADER_ROSTER", None, path,
@@ -274,7 +274,7 @@ def check_readable_file(file: Path | None, flag: str) -> None:
 
 def check_rubric(rubric_path: Path, flag: str = "--rubric") -> None:
     """The rubric parses and names every check once; a misspelt check id gets the nearest known one."""
-    from grader import checks
+    from grader.judging import checks
 
     if not rubric_path.is_file():
         raise UsageError(f"{flag}: no such file: {rubric_path}")
@@ -294,7 +294,7 @@ def check_sandbox(mode: str, flag: str = "--sandbox", own_notebook: bool = False
     """What is missing from the sandbox on this machine; ``UsageError`` when it is required and incomplete.
 
     ``own_notebook``: the self-check, where a student runs their own code on their own machine."""
-    from grader import sandbox
+    from grader.runner import sandbox
 
     missing = sandbox.unmet()
     if missing and mode == "required":

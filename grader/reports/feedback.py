@@ -9,7 +9,7 @@ each check, CNN accuracy against training time for the class, a leaderboard and 
 
 Pages are single files: images are embedded as base64 PNG, CSS is inline, nothing is fetched, and
 every student-controlled string is escaped by jinja2's autoescape. Which model is "the L1 CNN" is
-decided by ``grader.checks`` (``pick``, ``recap_models``, ``cnn_models``), never by variable names.
+decided by ``grader.judging.checks`` (``pick``, ``recap_models``, ``cnn_models``), never by variable names.
 Plots use matplotlib's object-oriented ``Figure`` API with the Agg renderer (no pyplot, so no
 global figure registry and nothing to close); a plot that cannot be drawn becomes a sentence saying
 so, never a missing page.
@@ -40,9 +40,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator
 from PIL import Image
 
-from grader import checks, report
-from grader.checks import Bounds
+from grader.judging import checks
+from grader.reports import report
+from grader.judging.checks import Bounds
 from grader.outputs import STUDENTS, student_dir, write_atomic
+from grader.text import trim_traceback
 from grader.records import CellOutcome, CheckResult, Evidence, ModelEvidence, SubmissionResult, from_jsonable
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
@@ -58,7 +60,6 @@ PNG_DPI = 144  # 1.5 image pixels per CSS pixel: sharp on high-density screens, 
 CSS_PX_PER_INCH = 96
 TRACEBACK_LINES = 40
 TRACEBACK_CHARS = 4000
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 _RC = {"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11, "legend.fontsize": 9}
 
 
@@ -318,20 +319,10 @@ def _failed_cells(cells: list[CellOutcome]) -> list[dict[str, Any]]:
                 "part": c.part,
                 "status": c.status,
                 "error": f"{c.error_name}: {c.error_value}" if c.error_name else (c.error_value or c.status),
-                "traceback": _trim_traceback(c.traceback),
+                "traceback": trim_traceback(c.traceback, lines=TRACEBACK_LINES, chars=TRACEBACK_CHARS),
             }
         )
     return out
-
-
-def _trim_traceback(text: str) -> str:
-    lines = _ANSI.sub("", text).rstrip().splitlines()
-    dropped = max(0, len(lines) - TRACEBACK_LINES)
-    kept = "\n".join(lines[dropped:])
-    if len(kept) > TRACEBACK_CHARS:
-        kept = kept[-TRACEBACK_CHARS:]
-        dropped = max(dropped, 1)
-    return (f"... ({dropped} earlier lines not shown)\n" if dropped else "") + kept
 
 
 # ------------------------------------------------------------------------------------------------

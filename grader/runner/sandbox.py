@@ -35,10 +35,10 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from grader import gpu
+from grader.runner import gpu
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package
+_REPO_ROOT = _PACKAGE_DIR.parent
 CGROUP_ROOT = Path(os.environ.get("GRADER_CGROUP_ROOT") or "/sys/fs/cgroup")
 CGROUP_V1 = CGROUP_ROOT  # on a v1 hierarchy, each controller is mounted in a folder of the root
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")  # this process's groups; its "0::/path" line is its v2 group

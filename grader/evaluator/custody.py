@@ -1,6 +1,6 @@
 """Custody of the saved models: each is copied out of the kernel's reach as soon as its fit is recorded.
 
-The kernel's recorder (``grader/bootstrap.py``) saves each trained model under ``JOB/artifacts/models/``,
+The kernel's recorder (``grader/kernel/bootstrap.py``) saves each trained model under ``JOB/artifacts/models/``,
 then appends the fit's record to ``JOB/artifacts/records.jsonl``; both stay writable by the kernel for
 the rest of the notebook. :class:`Custody` is the orchestrator's side. While the notebook runs, a thread
 of its own (``keep``) looks at the size of ``records.jsonl`` every ``POLL_SECONDS`` and copies the files
@@ -34,7 +34,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from grader import evaluate
+from grader.evaluator import evaluate
 from grader.records import FitRecord, from_jsonable, write_json_atomic
 
 POLL_SECONDS = 0.05

@@ -1,7 +1,7 @@
 """The evaluator: reloads each captured model in a process of its own and predicts on canonical inputs.
 
 Two halves live here. :class:`Session` is the orchestrator's side: it starts ``python -m
-grader.evaluate EVAL_DIR`` (sandboxed, like the runner) as soon as a notebook starts executing, so
+grader.evaluator.evaluate EVAL_DIR`` (sandboxed, like the runner) as soon as a notebook starts executing, so
 that the evaluator's TensorFlow import and its work on the models trained early overlap the
 student's later cells. The ``__main__`` half is that process: it takes requests, one JSON file per
 model in ``EVAL_DIR/requests/`` (the model's artifact path and, when its training data was
@@ -10,7 +10,7 @@ identified, the canonical test inputs and the student's input scaling), and answ
 ``pred_NNNN.npy``, until the orchestrator writes ``requests/END``. It never sees labels: the
 orchestrator scores the predictions.
 
-A request names the orchestrator's custody copy of a saved model (``grader/custody.py``: taken out of
+A request names the orchestrator's custody copy of a saved model (``grader/evaluator/custody.py``: taken out of
 the kernel's reach as soon as its fit is recorded) and the digest that copy had when taken. The
 evaluator copies it into its own folder, refuses a copy whose digest is another, and loads its own
 copy; the digest it reports is of that copy. Once the kernel is gone, the orchestrator keeps an early
@@ -37,7 +37,7 @@ import numpy as np
 from grader.records import ModelFacts, from_jsonable, to_jsonable, write_json_atomic
 
 if TYPE_CHECKING:
-    from grader.sandbox import IsolatedRun, Outcome
+    from grader.runner.sandbox import IsolatedRun, Outcome
 
 MAX_MODEL_BYTES = 512 * 1024 * 1024
 MAX_MODEL_FILES = 10_000  # entries (files and folders) in one saved model
@@ -75,7 +75,7 @@ def _load_keras(path: Path) -> Any:
 
 
 def _facts_from_kernel_report(report: list[dict[str, Any]]) -> list[Any]:
-    from grader.inspect import is_conv_class, regularizer_from_config
+    from grader.evaluator.inspect import is_conv_class, regularizer_from_config
     from grader.records import LayerFacts
 
     facts = []
@@ -98,7 +98,7 @@ def _facts_from_kernel_report(report: list[dict[str, Any]]) -> list[Any]:
 
 def evaluate_model(entry: dict[str, Any], out_dir: Path, pred_name: str | None = None) -> ModelFacts:
     """Load one model, read its facts, and predict on its canonical inputs (saved as ``out_dir/pred_name``)."""
-    from grader import inspect
+    from grader.evaluator import inspect
 
     index = int(entry["fit_index"])
     path = Path(entry["artifact"]) if entry.get("artifact") else None
@@ -292,7 +292,7 @@ def _private_copy(entry: dict[str, Any], work: Path) -> tuple[dict[str, Any], st
 
     Raises ``ValueError`` for a request the orchestrator refused (its ``refused`` reason), for files
     ``copy_artifact`` refuses, and for copies whose digest is not the one the request names (``digest``: the
-    orchestrator's custody copy as it was when taken, see ``grader/custody.py``).
+    orchestrator's custody copy as it was when taken, see ``grader/evaluator/custody.py``).
     """
     if entry.get("refused"):
         raise ValueError(str(entry["refused"]))
@@ -372,7 +372,7 @@ def serve(eval_dir: Path) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m grader.evaluate EVAL_DIR", file=sys.stderr)
+        print("usage: python -m grader.evaluator.evaluate EVAL_DIR", file=sys.stderr)
         return 2
     serve(Path(argv[0]).resolve())
     return 0
@@ -402,7 +402,7 @@ class Session:
         timeout: float,
         background: bool = False,
     ) -> None:
-        from grader import sandbox
+        from grader.runner import sandbox
 
         # Emptied, not removed: a runner's sandbox may hide this very folder (a mount on it). What the
         # kernel may have put in its place (a link, a file) is removed, never followed.
@@ -420,7 +420,7 @@ class Session:
         self.eval_dir = eval_dir
         self.sent: dict[int, dict[str, Any]] = {}
         self.run: IsolatedRun = sandbox.IsolatedRun(
-            [sys.executable, "-m", "grader.evaluate", str(eval_dir)],
+            [sys.executable, "-m", "grader.evaluator.evaluate", str(eval_dir)],
             sandbox.Isolation(eval_dir, readable=readable, hidden=hidden, uid=sandbox.EVALUATOR_UID),
             timeout=timeout,
             log_path=eval_dir / "evaluator.log",

@@ -1,4 +1,4 @@
-"""Tests of grader/options.py: every setting parsed and every folder checked before anything runs,
+"""Tests of grader/settings.py: every setting parsed and every folder checked before anything runs,
 with the same rules and messages in the pytest plugin, ``python -m grader`` and the Gradescope runner."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from grader import options
+from grader import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,54 +33,54 @@ ROOT = Path(__file__).resolve().parent.parent
     ],
 )
 def test_a_bad_value_names_its_option_and_what_it_takes(name: str, text: str, message: str) -> None:
-    flag = options.SETTINGS[name].flag
-    with pytest.raises(options.UsageError, match=f"^option {flag}: ") as exc:
-        options.resolve(name, text, environ={})
+    flag = settings.SETTINGS[name].flag
+    with pytest.raises(settings.UsageError, match=f"^option {flag}: ") as exc:
+        settings.resolve(name, text, environ={})
     assert message in str(exc.value)
 
 
 def test_the_environment_is_used_when_the_option_is_absent_and_named_when_wrong() -> None:
-    assert options.resolve("seed", None, environ={"GRADER_SEED": "7"}) == 7
-    assert options.resolve("seed", "3", environ={"GRADER_SEED": "7"}) == 3
-    with pytest.raises(options.UsageError, match="^environment variable GRADER_CELL_TIMEOUT: "):
-        options.resolve("cell_timeout", None, environ={"GRADER_CELL_TIMEOUT": "abc"})
+    assert settings.resolve("seed", None, environ={"GRADER_SEED": "7"}) == 7
+    assert settings.resolve("seed", "3", environ={"GRADER_SEED": "7"}) == 3
+    with pytest.raises(settings.UsageError, match="^environment variable GRADER_CELL_TIMEOUT: "):
+        settings.resolve("cell_timeout", None, environ={"GRADER_CELL_TIMEOUT": "abc"})
 
 
 def test_defaults_parse_and_sizes_accept_the_usual_units() -> None:
-    for name in options.SETTINGS:
-        options.resolve(name, None, environ={})  # every default is a valid value
-    assert options.resolve("memory_limit", "1.5G", environ={}) == int(1.5 * 2**30)
-    assert options.resolve("memory_limit", "512MiB", environ={}) == 512 * 2**20
-    assert options.resolve("sandbox", None, environ={}) == "required"
-    assert options.resolve("sandbox", None, environ={"GRADER_SANDBOX": "OFF"}) == "off"
+    for name in settings.SETTINGS:
+        settings.resolve(name, None, environ={})  # every default is a valid value
+    assert settings.resolve("memory_limit", "1.5G", environ={}) == int(1.5 * 2**30)
+    assert settings.resolve("memory_limit", "512MiB", environ={}) == 512 * 2**20
+    assert settings.resolve("sandbox", None, environ={}) == "required"
+    assert settings.resolve("sandbox", None, environ={"GRADER_SANDBOX": "OFF"}) == "off"
 
 
 def test_a_submissions_folder_without_notebooks_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(options.UsageError, match="no such folder"):
-        options.check_submissions(tmp_path / "missing")
+    with pytest.raises(settings.UsageError, match="no such folder"):
+        settings.check_submissions(tmp_path / "missing")
     (tmp_path / "file.ipynb").write_text("{}")
-    with pytest.raises(options.UsageError, match="neither a folder nor a zip"):
-        options.check_submissions(tmp_path / "file.ipynb")
+    with pytest.raises(settings.UsageError, match="neither a folder nor a zip"):
+        settings.check_submissions(tmp_path / "file.ipynb")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(options.UsageError, match="it is empty"):
-        options.check_submissions(empty)
+    with pytest.raises(settings.UsageError, match="it is empty"):
+        settings.check_submissions(empty)
     (empty / "hw.py").write_text("")
     (empty / "notes.txt").write_text("")
-    with pytest.raises(options.UsageError, match=r"it holds only \.py, \.txt"):
-        options.check_submissions(empty)
+    with pytest.raises(settings.UsageError, match=r"it holds only \.py, \.txt"):
+        settings.check_submissions(empty)
     (empty / "alice").mkdir()
     (empty / "alice" / "hw.ipynb").write_text("{}")
-    options.check_submissions(empty)  # one folder down counts
+    settings.check_submissions(empty)  # one folder down counts
 
 
 def test_a_grades_dir_that_is_a_file_or_cannot_be_written_is_refused(tmp_path: Path) -> None:
     (tmp_path / "grades.txt").write_text("")
-    with pytest.raises(options.UsageError, match="^--grades-dir: .* is a file, not a folder$"):
-        options.check_writable_dir(tmp_path / "grades.txt", "--grades-dir")
-    with pytest.raises(options.UsageError, match="is a file"):
-        options.check_writable_dir(tmp_path / "grades.txt" / "sub", "--grades-dir")
-    options.check_writable_dir(tmp_path / "new" / "grades", "--grades-dir")
+    with pytest.raises(settings.UsageError, match="^--grades-dir: .* is a file, not a folder$"):
+        settings.check_writable_dir(tmp_path / "grades.txt", "--grades-dir")
+    with pytest.raises(settings.UsageError, match="is a file"):
+        settings.check_writable_dir(tmp_path / "grades.txt" / "sub", "--grades-dir")
+    settings.check_writable_dir(tmp_path / "new" / "grades", "--grades-dir")
     assert not (tmp_path / "new").exists(), "checking creates nothing"
 
 
@@ -91,10 +91,10 @@ def test_a_read_only_grades_dir_is_refused(tmp_path: Path) -> None:
     if not bwrap:
         pytest.skip("needs bubblewrap to mount a folder read-only")
     code = (
-        "from pathlib import Path; from grader import options\n"
+        "from pathlib import Path; from grader import settings\n"
         "try:\n"
-        f"    options.check_writable_dir(Path({str(ro)!r}), '--grades-dir')\n"
-        "except options.UsageError as exc:\n"
+        f"    settings.check_writable_dir(Path({str(ro)!r}), '--grades-dir')\n"
+        "except settings.UsageError as exc:\n"
         "    print(exc)\n"
     )
     proc = subprocess.run(
@@ -106,14 +106,14 @@ def test_a_read_only_grades_dir_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_misspelt_check_id_in_the_rubric_is_attributed_to_the_rubric_with_the_nearest_id(tmp_path: Path) -> None:
-    text = (ROOT / "grader" / "rubric.toml").read_text().replace("cnn.l2_accuracy", "cnn.l2_acuracy")
+    text = (ROOT / "grader" / "judging" / "rubric.toml").read_text().replace("cnn.l2_accuracy", "cnn.l2_acuracy")
     (tmp_path / "r.toml").write_text(text)
-    with pytest.raises(options.UsageError) as exc:
-        options.check_rubric(tmp_path / "r.toml")
+    with pytest.raises(settings.UsageError) as exc:
+        settings.check_rubric(tmp_path / "r.toml")
     message = str(exc.value)
     assert message.startswith("--rubric: ") and "'cnn.l2_acuracy' (did you mean 'cnn.l2_accuracy'?)" in message
-    with pytest.raises(options.UsageError, match="^--rubric: no such file"):
-        options.check_rubric(tmp_path / "nope.toml")
+    with pytest.raises(settings.UsageError, match="^--rubric: no such file"):
+        settings.check_rubric(tmp_path / "nope.toml")
 
 
 def _pytest_grader(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from grader.hints import keras3_hint
+from grader.judging.hints import keras3_hint
 from grader.records import CellOutcome, CheckResult, EvaluationEvidence, Evidence, LayerFacts, ModelEvidence
 
 RUBRIC_PATH = Path(__file__).with_name("rubric.toml")

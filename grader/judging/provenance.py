@@ -1,7 +1,7 @@
 """Which canonical data a model was fit (or evaluated) on, and how the student prepared it.
 
 The kernel records, for every array (or stream of batches) a model trains on, per-channel statistics
-and the values of every row at a few fixed positions (see ``grader.bootstrap``). Here those records are
+and the values of every row at a few fixed positions (see ``grader.kernel.bootstrap``). Here those records are
 matched against the canonical datasets.
 
 First the common case, fast and exact: the per-channel affine map ``student = scale * canonical +
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from grader.bootstrap import sample_positions
+from grader.kernel.bootstrap import sample_positions
 from grader.records import ArrayFingerprint
 
 VERIFIED_FRACTION = 0.9
