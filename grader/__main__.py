@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     _validate(args)
     # Imported here so that usage errors are reported at once, without loading the grader.
     from grader.reports import feedback
-    from grader.grade import Grader, GradingConfig, load_evidence
+    from grader.grade import Grader, load_evidence
+    from grader.settings import GradingConfig
     from grader.submissions import Submission
 
     notebook = args.notebook.resolve()

@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 from grader import __version__, grade, settings, submissions
 from grader.runner import execute
-from grader.grade import EVALUATOR_TIMEOUT, Grader, GradingConfig
+from grader.grade import EVALUATOR_TIMEOUT, Grader
+from grader.settings import GradingConfig
 from grader.settings import parse_resources
 from grader.outputs import write_atomic
 from grader.records import Evidence, from_jsonable, to_jsonable, write_json_atomic

@@ -47,6 +47,7 @@ from grader.records import (
     write_json_atomic,
 )
 from grader.runner.sandbox import DEFAULT_MEMORY_LIMIT, IsolatedRun
+from grader.settings import GradingConfig
 
 # The code whose behaviour shapes an execution's evidence (a change re-executes notebooks): folders
 # and files of the grader package.
@@ -72,38 +73,6 @@ RUNNING_POLL_SECONDS = 0.25
 TRAIN_PROBE_ROWS = 1000  # canonical training rows each CIFAR-10 model also predicts on (integrity.no_test_leakage)
 EVALUATOR_FOLDERS = ("eval", "eval-inputs")  # in the job dir, hidden from the runner
 MATCH_CACHE_SIZE = 256  # provenance matches kept (a notebook has a handful; a batch worker's are dropped in bulk)
-
-
-@dataclasses.dataclass(frozen=True)
-class GradingConfig:
-    """Settings of one grading run (see conftest.py for the command-line options that set them)."""
-
-    grades_dir: Path
-    profile: str = "smoke"
-    seed: int = 0
-    cell_timeout: float = 600.0
-    notebook_timeout: float = 1800.0
-    data_dir: Path | None = None
-    cache_dir: Path | None = None
-    baselines_dir: Path = Path(__file__).resolve().parent.parent / "reference" / "baselines"
-    rubric_path: Path = checks.RUBRIC_PATH
-    threads: int | None = None
-    memory_limit: int | None = None  # bytes per runner/evaluator; None: grader.runner.sandbox.DEFAULT_MEMORY_LIMIT
-    hidden: tuple[Path, ...] = ()  # paths the sandboxed children must not see (the submissions folder)
-    force: bool = False  # execute even when stored evidence for the same notebook and settings exists
-    draw_processes: int = 1  # processes drawing a feedback page's figures (more only when nothing else is graded at once)
-    sandbox: str = "required"  # required: execute nothing unless the sandbox is complete; off: run with what there is
-    dask_scheduler: str | None = None  # a Dask scheduler's address: notebooks execute on its workers (grader/cluster.py)
-    dask_scheduler_file: Path | None = None  # or the scheduler file it wrote
-    dask_resources: str | None = None  # worker resources each notebook's task needs, e.g. "GPU=1"
-
-    @property
-    def jobs_dir(self) -> Path:
-        return self.grades_dir / ".jobs"
-
-    @property
-    def data_cache(self) -> Path:
-        return self.cache_dir or (self.grades_dir / ".cache")
 
 
 def _describe_sources(sources: dict[str, Any]) -> str:

@@ -218,7 +218,8 @@ def prepare(profile: str, data_cache: Path) -> Path:
     Also derives the grading bounds, so that a baseline that does not fit the data fails the build
     instead of every submission. Returns the data folder.
     """
-    from grader.grade import Grader, GradingConfig
+    from grader.grade import Grader
+    from grader.settings import GradingConfig
 
     grader = Grader(GradingConfig(grades_dir=data_cache, profile=profile, cache_dir=data_cache))
     folder = grader.data_dir
@@ -261,7 +262,8 @@ def run(root: Path, profile: str, cache_dir: Path | None = None, sandbox: str = 
     ``sandbox`` is the ``--sandbox`` setting (grader/settings.py).
     """
     from grader.reports import feedback, report
-    from grader.grade import Grader, GradingConfig
+    from grader.grade import Grader
+    from grader.settings import GradingConfig
     from grader.records import write_json_atomic
 
     results_dir = root / "results"

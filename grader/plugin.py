@@ -18,7 +18,8 @@ import pytest
 from grader.judging import checks
 from grader import lms, settings
 from grader.reports import report
-from grader.grade import Grader, GradingConfig
+from grader.grade import Grader
+from grader.settings import GradingConfig
 from grader.outputs import STUDENTS
 from grader.records import SubmissionResult
 from grader.submissions import Submission

@@ -19,6 +19,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from grader.judging.checks import RUBRIC_PATH
+
+BASELINES_DIR = Path(__file__).resolve().parent.parent / "reference" / "baselines"  # the reference's measured metrics
 PROFILES = ("smoke", "full", "tiny")
 SANDBOX_MODES = ("required", "off")
 MIN_MEMORY = 512 * 2**20  # below this no TensorFlow kernel starts: every notebook would fail
@@ -309,3 +312,40 @@ def check_sandbox(mode: str, flag: str = "--sandbox", own_notebook: bool = False
             f"the sandbox that isolates notebooks is incomplete on this machine, so nothing was run:\n{lines}\n{way_out}"
         )
     return missing
+
+
+# ------------------------------------------------------------------------------------------------
+# One grading run's settings, as the orchestrator takes them
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GradingConfig:
+    """Settings of one grading run (the pytest plugin and the other front ends fill it from ``SETTINGS``)."""
+
+    grades_dir: Path
+    profile: str = "smoke"
+    seed: int = 0
+    cell_timeout: float = 600.0
+    notebook_timeout: float = 1800.0
+    data_dir: Path | None = None
+    cache_dir: Path | None = None
+    baselines_dir: Path = BASELINES_DIR
+    rubric_path: Path = RUBRIC_PATH
+    threads: int | None = None
+    memory_limit: int | None = None  # bytes per runner/evaluator; None: grader.runner.sandbox.DEFAULT_MEMORY_LIMIT
+    hidden: tuple[Path, ...] = ()  # paths the sandboxed children must not see (the submissions folder)
+    force: bool = False  # execute even when stored evidence for the same notebook and settings exists
+    draw_processes: int = 1  # processes drawing a feedback page's figures (more only when nothing else is graded at once)
+    sandbox: str = "required"  # required: execute nothing unless the sandbox is complete; off: run with what there is
+    dask_scheduler: str | None = None  # a Dask scheduler's address: notebooks execute on its workers (grader/cluster.py)
+    dask_scheduler_file: Path | None = None  # or the scheduler file it wrote
+    dask_resources: str | None = None  # worker resources each notebook's task needs, e.g. "GPU=1"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.grades_dir / ".jobs"
+
+    @property
+    def data_cache(self) -> Path:
+        return self.cache_dir or (self.grades_dir / ".cache")

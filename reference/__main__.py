@@ -22,7 +22,8 @@ from typing import Any
 
 from grader.judging import checks
 from grader.datasets import DatasetStore
-from grader.grade import Grader, GradingConfig
+from grader.grade import Grader
+from grader.settings import GradingConfig
 from grader.records import Evidence, write_json_atomic
 
 HERE = Path(__file__).resolve().parent

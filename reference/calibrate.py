@@ -39,7 +39,8 @@ from typing import Any
 import nbformat
 
 from grader.judging import checks
-from grader.grade import Grader, GradingConfig
+from grader.grade import Grader
+from grader.settings import GradingConfig
 from grader.plugin import available_cores
 from grader.records import CellOutcome, CheckResult, EvaluationEvidence, Evidence, ModelEvidence, write_json_atomic
 from reference import corpus, patterns

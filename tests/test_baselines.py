@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from grader.datasets import DatasetStore
-from grader.grade import Grader, GradingConfig
+from grader.grade import Grader
+from grader.settings import GradingConfig
 
 BASELINES = Path(__file__).resolve().parent.parent / "reference" / "baselines"
 

@@ -34,7 +34,7 @@ import pytest
 
 from grader import cluster
 from grader.runner import sandbox
-from grader.grade import GradingConfig
+from grader.settings import GradingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 # The scheduler's allowed-failures: a task whose worker died twice is failed with KilledWorker.

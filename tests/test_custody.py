@@ -26,7 +26,8 @@ from grader.evaluator import custody as custody_module# noqa: E402
 from grader.evaluator import evaluate# noqa: E402
 from grader.runner import sandbox
 from grader.evaluator.custody import Custody  # noqa: E402
-from grader.grade import Grader, GradingConfig  # noqa: E402
+from grader.grade import Grader
+from grader.settings import GradingConfig  # noqa: E402
 from grader.records import ArrayFingerprint, FitRecord, to_jsonable  # noqa: E402
 
 

@@ -20,7 +20,8 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from grader.evaluator import evaluate# noqa: E402
-from grader.grade import Grader, GradingConfig  # noqa: E402
+from grader.grade import Grader
+from grader.settings import GradingConfig  # noqa: E402
 from grader.records import ModelFacts  # noqa: E402
 
 

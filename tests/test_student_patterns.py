@@ -19,7 +19,8 @@ import nbformat
 import pytest
 
 from grader.judging import checks
-from grader.grade import Grader, GradingConfig
+from grader.grade import Grader
+from grader.settings import GradingConfig
 from grader.records import Evidence, ModelEvidence
 from reference import patterns
 
