@@ -467,8 +467,8 @@ def test_grader_cgroup_root_sets_where_cgroups_are_looked_for(tmp_path: Path) ->
     root = tmp_path / "elsewhere"
     root.mkdir()
     (root / "cgroup.controllers").write_text("memory pids\n")
-    show = "from grader import sandbox; print(sandbox.CGROUP_ROOT, sandbox.hierarchy())"
-    repo = Path(sandbox.__file__).resolve().parent.parent
+    show = "from grader.runner import sandbox; print(sandbox.CGROUP_ROOT, sandbox.hierarchy())"
+    repo = Path(sandbox.__file__).resolve().parents[2]
 
     def seen(value: str | None) -> str:
         env = {k: v for k, v in os.environ.items() if k != "GRADER_CGROUP_ROOT"}
