@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from grader.cluster import QUIET_WORKER_ENV  # noqa: E402 - after the repository is on the path
+from grader.gradescope import BUNDLE_PROFILES  # noqa: E402
 
 PYTHON = sys.executable
 LOCAL = "-n 2"
@@ -177,7 +178,8 @@ def results_of(grades: Path) -> dict[str, dict[str, Any]]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="tiny", choices=("tiny", "smoke"))
+    # The profiles whose data ships with the grader (the bundle's: no CIFAR-10 download).
+    parser.add_argument("--profile", default="tiny", choices=BUNDLE_PROFILES)
     parser.add_argument("--batch", type=int, default=4, help="notebooks in the batch")
     parser.add_argument("--notebook", type=Path, default=ROOT / "reference" / "solution.ipynb")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/cluster-<profile>.json")
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bench = _grading_script()
     from grader.datasets import DatasetStore
-    from grader.plugin import available_cores
+    from grader.machine import available_cores
 
     if available_cores() < 2:
         raise SystemExit("[bench] this benchmark needs two cores (two one-core workers)")

@@ -693,8 +693,7 @@ def command_line(args: list[str]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    from grader.plugin import available_cores
-    from reference.__main__ import cpu_model
+    from grader.machine import available_cores, cpu_model
 
     mem = None
     try:
@@ -760,13 +759,14 @@ def xdist_auto_workers() -> int:
 
 def threads_by_config(cores: int) -> dict[str, dict[str, int]]:
     """For each batch configuration: the pytest-xdist workers and the threads each kernel gets."""
-    from grader.plugin import threads_setting
+    from grader import settings
 
     out = {}
     for label, flags in BATCH_CONFIGS:
         n = flags[flags.index("-n") + 1]
         workers = xdist_auto_workers() if n == "auto" else int(n)
-        threads = threads_setting(flags[flags.index("--threads") + 1], workers, cores)  # as the grader reads --threads
+        # As the grader reads --threads: the same parser and rule.
+        threads = settings.resolve_threads(flags[flags.index("--threads") + 1], workers, environ={}, cores=cores)
         out[label] = {"workers": workers, "threads_per_kernel": threads}
     out[PLAIN_BATCH] = {"workers": cores, "threads_per_kernel": cores}
     return out
@@ -780,8 +780,11 @@ def warm_up(no_nbgrader: bool) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from grader import settings
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--profile", choices=("smoke", "full", "tiny"), default="smoke", help="dataset profile (default smoke)")
+    profile = settings.SETTINGS["profile"]
+    parser.add_argument("--profile", choices=settings.PROFILES, default=profile.default, help=f"{profile.help} (default {profile.default})")
     parser.add_argument("--data-dir", type=Path, default=None, help="CIFAR-10 for --profile full (as pytest grader/ --data-dir)")
     parser.add_argument("--notebook", type=Path, default=ROOT / "submissions" / "solution.ipynb", help="the notebook measured")
     parser.add_argument("--batch", type=int, default=6, help="notebooks in the batch (default 6)")
@@ -794,7 +797,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run part 1 on the full profile, with CIFAR-10 from this folder (as pytest grader/ --data-dir)",
     )
     parser.add_argument("--full-repeat", type=int, default=1, help="rounds of part 1 on the full profile (default 1)")
-    parser.add_argument("--cell-timeout", type=float, default=600.0, help="cell timeout of every side (seconds)")
+    timeout = settings.SETTINGS["cell_timeout"]
+    parser.add_argument(
+        "--cell-timeout", type=float, default=settings.parsed_default("cell_timeout"),
+        help=f"{timeout.help}, on every side (default {timeout.default})",
+    )
     parser.add_argument("--expect", default="Test accuracy", help="text a correctly executed notebook prints")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep everything here (default: a temporary folder, removed)")
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/grading-<profile>.json)")
@@ -826,7 +833,7 @@ def runs_record(runs: list[Run]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from grader.datasets import DatasetStore
-    from grader.plugin import available_cores, threads_per_kernel
+    from grader.machine import available_cores, threads_per_kernel
 
     runs_single = "single" in args.parts or args.full_data_dir is not None
     if runs_single and not args.no_nbgrader:

@@ -24,6 +24,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from grader import settings  # noqa: E402 - after the repository is on the path
 
 
 def export(rev: str, into: Path) -> Path:
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the earlier revision (a commit, tag or branch)")
     parser.add_argument("--notebook", type=Path, default=ROOT / "submissions" / "solution.ipynb")
-    parser.add_argument("--profile", default="smoke", choices=("tiny", "smoke", "full"))
+    parser.add_argument("--profile", default=settings.SETTINGS["profile"].default, choices=settings.PROFILES)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """The grading benchmark's plain side: execute a notebook with nbclient, nothing else.
 
-    python benchmarks/run_plain.py NOTEBOOK OUT.ipynb TIMINGS.json [CELL_TIMEOUT]
+    python benchmarks/run_plain.py NOTEBOOK OUT.ipynb TIMINGS.json CELL_TIMEOUT
     python benchmarks/run_plain.py --parallel P OUT_DIR CELL_TIMEOUT NOTEBOOK...
 
 The second form executes several notebooks, P at a time (each as the first form, with its own
@@ -10,7 +10,8 @@ with no grading at all, to compare a graded batch with.
 One fresh ``python3`` kernel, every cell in order with nbclient's own ``execute_cell``, going on after
 errors (as the grader and nbgrader do), the executed notebook written at the end. No sandbox, no
 seeds, no recorder, no evaluation: ``benchmarks/grading.py`` hands it a notebook whose first cell
-serves the data offline. It writes its phase timings (same names as the grader's runner) and the
+serves the data offline, and the grader's cell timeout (``--cell-timeout``; this script imports no
+grader code, so it has no default of its own). It writes its phase timings (same names as the grader's runner) and the
 kernel's CPU seconds to TIMINGS.json.
 """
 
@@ -51,14 +52,14 @@ def run_many(parallel: int, out_dir: Path, cell_timeout: str, notebooks: list[Pa
 def main(argv: list[str]) -> int:
     if len(argv) >= 4 and argv[0] == "--parallel":
         return run_many(int(argv[1]), Path(argv[2]), argv[3], [Path(a) for a in argv[4:]])
-    if len(argv) not in (3, 4):
+    if len(argv) != 4:
         print(__doc__, file=sys.stderr)
         return 2
     import nbformat
     from nbclient import NotebookClient
 
     source, out, timings_path = Path(argv[0]), Path(argv[1]), Path(argv[2])
-    timeout = int(float(argv[3])) if len(argv) == 4 else 600
+    timeout = int(float(argv[3]))
     nb = nbformat.read(str(source), as_version=4)
     client = NotebookClient(
         nb,

@@ -1,7 +1,11 @@
 """Self-check for students: grade one notebook as the autograder would and write its feedback page.
 
-    python -m grader NOTEBOOK.ipynb [--profile tiny|smoke|full] [--grades-dir DIR] [--seed N]
-                                    [--cell-timeout S] [--notebook-timeout S] [--data-dir DIR]
+    python -m grader NOTEBOOK.ipynb [--profile NAME] [--grades-dir DIR] [--seed N] [--cell-timeout S]
+                                    [--notebook-timeout S] [--data-dir DIR] [--threads N] [--sandbox MODE]
+
+Each option is a setting of grader/settings.py, with its environment variable and default there
+(``--grades-dir`` defaults to ``grades-selfcheck`` here); the kernel gets the thread count
+``pytest grader/`` would give it (``--threads``).
 
 Prints every check (PASS/FAIL, points, message), the total and the path of ``feedback.html``.
 Exit status: 0 when every check that carries points passed, 1 otherwise, 2 for usage errors.
@@ -15,36 +19,16 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
-
 from grader import settings
-from grader.settings import UsageError
+from grader.settings import GradingConfig, UsageError
 from grader.outputs import student_dir
 from grader.records import SubmissionResult
 
-PROFILES = settings.PROFILES
 DEFAULT_GRADES_DIR = "grades-selfcheck"
-
-
-def _argument(parser: argparse.ArgumentParser, name: str, help_text: str, default: str | None = None) -> None:
-    """Offer one of the grader's settings (grader/settings.py): its flag, its parser, its environment variable."""
-    setting = settings.SETTINGS[name]
-
-    def parse(text: str) -> Any:
-        try:
-            return setting.parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    shown = default if default is not None else setting.default
-    parser.add_argument(
-        setting.flag,
-        dest=name,
-        type=parse,
-        default=None,
-        metavar=setting.metavar,
-        help=f"{help_text} (env {setting.env}; default: {shown})",
-    )
+# The settings this front end offers (grader/settings.py declares each one once), and its own defaults.
+MAIN_SETTINGS = ("profile", "grades_dir", "seed", "cell_timeout", "notebook_timeout", "data_dir", "threads", "sandbox")
+MAIN_DEFAULTS = {"grades_dir": DEFAULT_GRADES_DIR}
+WORKERS = 1  # notebooks executed at once: one
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,27 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
         "write a feedback page (feedback.html) with plots of your models.",
         epilog="Exit status: 0 when every check that carries points passed, 1 otherwise, 2 for usage errors.",
     )
-    from grader.cli import add_version_argument
-
-    add_version_argument(parser)
+    settings.add_version_argument(parser)
     parser.add_argument("notebook", type=Path, help="the notebook to grade (.ipynb)")
-    _argument(
-        parser,
-        "profile",
-        "which CIFAR-10 your notebook gets: smoke (shipped 5,000/1,000 subset), "
-        "full (the real data, needs --data-dir or the Keras cache), tiny (1,000/200, fastest)",
-    )
-    _argument(parser, "grades_dir", "where results and feedback.html are written", DEFAULT_GRADES_DIR)
-    _argument(parser, "seed", "seed pinned in the kernel")
-    _argument(parser, "cell_timeout", "seconds one cell may run")
-    _argument(parser, "notebook_timeout", "seconds the whole notebook may run")
-    _argument(parser, "data_dir", "folder holding cifar-10-python.tar.gz (profile full)")
-    _argument(
-        parser,
-        "sandbox",
-        "required: run the notebook only inside the sandbox (bubblewrap and cgroup limits); "
-        "off: check your own notebook on your own machine without it",
-    )
+    for name in MAIN_SETTINGS:
+        settings.add_argument(parser, name, default=MAIN_DEFAULTS.get(name))
     return parser
 
 
@@ -85,11 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse has printed the usage and the error
         return int(exc.code) if isinstance(exc.code, int) else 2
     try:
-        for name in ("profile", "grades_dir", "seed", "cell_timeout", "notebook_timeout", "data_dir", "sandbox"):
-            default = DEFAULT_GRADES_DIR if name == "grades_dir" else None
-            # An option given on the command line is already parsed; else the environment, else the default.
-            if getattr(args, name) is None:
-                setattr(args, name, settings.resolve(name, None, default=default))
+        # An option given on the command line is already parsed; else the environment, else the default.
+        settings.resolve_arguments(args, MAIN_SETTINGS, MAIN_DEFAULTS)
         return run(args)
     except UsageError as exc:
         parser.print_usage(sys.stderr)
@@ -110,29 +74,35 @@ def _validate(args: argparse.Namespace) -> None:
     settings.check_sandbox(args.sandbox, own_notebook=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    _validate(args)
-    # Imported here so that usage errors are reported at once, without loading the grader.
-    from grader.reports import feedback
-    from grader.grade import Grader, load_evidence
-    from grader.settings import GradingConfig
-    from grader.submissions import Submission
-
-    notebook = args.notebook.resolve()
-    key = notebook.stem
-    config = GradingConfig(
+def grading_config(args: argparse.Namespace) -> GradingConfig:
+    """The run's settings, from the resolved command line (``settings.resolve_arguments``)."""
+    return GradingConfig(
         grades_dir=args.grades_dir.resolve(),
         profile=args.profile,
         seed=args.seed,
         cell_timeout=args.cell_timeout,
         notebook_timeout=args.notebook_timeout,
         data_dir=args.data_dir.resolve() if args.data_dir else None,
+        # One notebook at a time, with the thread count pytest grader/ gives a kernel (the same rule).
+        threads=settings.threads_setting(args.threads, WORKERS),
         sandbox=args.sandbox,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    _validate(args)
+    # Imported here so that usage errors are reported at once, without loading the grader.
+    from grader.reports import feedback
+    from grader.grade import Grader, load_evidence
+    from grader.submissions import Submission
+
+    notebook = args.notebook.resolve()
+    key = notebook.stem
+    config = grading_config(args)
     baseline_path = config.baselines_dir / f"{config.profile}.json"
     baseline = feedback.read_baseline(baseline_path)
     if baseline is None:
-        available = [p for p in PROFILES if (config.baselines_dir / f"{p}.json").is_file()]
+        available = [p for p in settings.PROFILES if (config.baselines_dir / f"{p}.json").is_file()]
         raise UsageError(
             f"no readable reference baseline for profile {config.profile!r} ({baseline_path}); "
             f"choose another --profile ({', '.join(available) or 'none is available'}) "

@@ -16,29 +16,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-DISTRIBUTION = "l1l2-grader"
-PROG = "l1l2-grader"
+# The version helpers live with the settings every front end shares (their parsers import them from
+# there, so no front end imports this dispatcher, which imports each of them).
+from grader.settings import DISTRIBUTION, add_version_argument, version, version_line  # noqa: F401
 
-
-def version() -> str:
-    """The installed distribution's version, else the package's own (a checkout that is not installed)."""
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        from grader import __version__
-
-        return __version__
-
-
-def version_line() -> str:
-    return f"{PROG} {version()}"
-
-
-def add_version_argument(parser: argparse.ArgumentParser) -> None:
-    """Give ``parser`` a ``--version`` option that prints the grader's version and exits 0."""
-    parser.add_argument("--version", action="version", version=version_line())
+PROG = DISTRIBUTION
 
 
 def _check(argv: list[str]) -> int:

@@ -50,6 +50,9 @@ if TYPE_CHECKING:
     from distributed import Client, Future, Worker
 
 TOPIC = "l1l2-grader"  # the Dask event topic on which tasks say they started and are still running
+# A worker's kernels without its own GRADER_THREADS: the --threads setting's "auto" rule, with the worker's
+# Dask threads (the notebooks it executes at once) in place of pytest-xdist's workers.
+WORKER_THREADS = "auto"
 # Files of a worker's job dir that come back, each at most this many bytes (a log: its last bytes).
 # The report copies executed.ipynb; the live progress line reads input.ipynb and cells.json; the rest is
 # for whoever looks into a failure.
@@ -219,7 +222,7 @@ def _refusal() -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_grader(settings: str, base: str, nthreads: int) -> Grader:
+def _worker_grader(settings_json: str, base: str, nthreads: int) -> Grader:
     """One Grader per worker process and settings, its data served from this machine's own cache.
 
     The data is found the way ``pytest grader/`` finds it, from this worker's environment
@@ -228,11 +231,9 @@ def _worker_grader(settings: str, base: str, nthreads: int) -> Grader:
     threads (``--nthreads``, the tasks it runs at once) in place of pytest-xdist's workers: by default
     ``auto``, the cores this worker process may use divided by its Dask threads.
     """
-    from grader.plugin import threads_setting
-
-    s = json.loads(settings)
-    data_dir = os.environ.get("GRADER_DATA_DIR") or s["data_dir"]
-    cache = os.path.expanduser(os.path.expandvars(os.environ.get("GRADER_DATA_CACHE", "~/.cache/l1l2-grader")))
+    s = json.loads(settings_json)
+    data_dir = settings.resolve("data_dir", None) or s["data_dir"]  # the worker's GRADER_DATA_DIR first
+    cache = settings.resolve("data_cache", None)  # the worker's GRADER_DATA_CACHE, else the setting's default
     config = GradingConfig(
         grades_dir=Path(base),
         profile=s["profile"],
@@ -242,7 +243,7 @@ def _worker_grader(settings: str, base: str, nthreads: int) -> Grader:
         data_dir=Path(data_dir).resolve() if data_dir else None,
         cache_dir=Path(cache).resolve(),
         memory_limit=s["memory_limit"],
-        threads=threads_setting(os.environ.get("GRADER_THREADS", "auto"), max(1, nthreads)),
+        threads=settings.resolve_threads(None, max(1, nthreads), default=WORKER_THREADS),
         sandbox=settings.resolve("sandbox", None),  # the worker's own GRADER_SANDBOX
     )
     grader = Grader(config)
@@ -539,17 +540,15 @@ def connect(address: str) -> Client:
     return Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
 
 
-def attach(grader: Grader, config: pytest.Config) -> ClusterExecutor:
+def attach(grader: Grader, config: pytest.Config, subs: list[submissions.Submission]) -> ClusterExecutor:
     """Make the pytest run's ``grader`` execute on the Dask cluster its settings name.
 
     Every selected submission is sent once the test items are collected (so the cluster works on all
     of them while pytest runs one item at a time); under pytest-xdist, each process sends a submission
     when it reaches it. The client is closed, and what is left of its tasks cancelled, when pytest
-    ends, Ctrl-C included.
+    ends, Ctrl-C included. ``subs``: the run's submissions (the plugin's ``submissions_of``).
     """
     import pytest
-
-    from grader.plugin import submissions_of
 
     cfg = grader.config
     if cfg.dask_scheduler and cfg.dask_scheduler_file:
@@ -568,7 +567,7 @@ def attach(grader: Grader, config: pytest.Config) -> ClusterExecutor:
     grader.executor = executor
     config.add_cleanup(executor.close)
     if not hasattr(config, "workerinput"):
-        config.pluginmanager.register(_SendWhenCollected(executor, submissions_of(config), where), "grader-cluster")
+        config.pluginmanager.register(_SendWhenCollected(executor, subs, where), "grader-cluster")
     return executor
 
 

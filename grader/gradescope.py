@@ -1,7 +1,7 @@
 """Run the grader as a Gradescope autograder, and build the bundle Gradescope takes.
 
-    python -m grader.gradescope bundle autograder.zip [--profile smoke|tiny]
-    python -m grader.gradescope prepare --data-cache DIR [--profile smoke]   # what the bundle's setup.sh calls
+    python -m grader.gradescope bundle autograder.zip [--profile NAME]
+    python -m grader.gradescope prepare --data-cache DIR [--profile NAME]    # what the bundle's setup.sh calls
     python -m grader.gradescope run [--root /autograder] [--data-cache DIR]  # what the bundle's run_autograder calls
 
 Gradescope unpacks the zip into ``/autograder/source`` and runs ``setup.sh`` there once, when it
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grader import settings
-from grader.cli import add_version_argument
+from grader.settings import GradingConfig
 
 if TYPE_CHECKING:
     from grader.records import SubmissionResult
@@ -36,7 +36,9 @@ PROG = "python -m grader.gradescope"
 BUNDLED = ("grader", "reference", "bin", "conftest.py", "pyproject.toml", "requirements.lock", "README.md", "docs")
 # What setup.sh needs besides the packages: only a checkout of the project has these.
 INSTALL_FILES = ("pyproject.toml", "requirements.lock", "bin/setup")
-BUNDLE_PROFILES = ("smoke", "tiny")
+# The profiles whose data the bundle carries (grader/data): every one but the full CIFAR-10.
+BUNDLE_PROFILES = tuple(p for p in settings.PROFILES if p != "full")
+WORKERS = 1  # notebooks a run executes at once: the one submission
 # The served data, prepared by setup.sh; relative to /autograder/source.
 DATA_CACHE = ".data-cache"
 ZIP_DATE = (2026, 1, 1, 0, 0, 0)
@@ -219,7 +221,6 @@ def prepare(profile: str, data_cache: Path) -> Path:
     instead of every submission. Returns the data folder.
     """
     from grader.grade import Grader
-    from grader.settings import GradingConfig
 
     grader = Grader(GradingConfig(grades_dir=data_cache, profile=profile, cache_dir=data_cache))
     folder = grader.data_dir
@@ -255,22 +256,47 @@ def check_root(root: Path) -> None:
         raise UsageError(f"--root {root}: it has no submission/ folder (the student's files go in ROOT/submission)")
 
 
-def run(root: Path, profile: str, cache_dir: Path | None = None, sandbox: str = "required") -> SubmissionResult:
+# The settings of grader/settings.py that a run takes (``--data-cache`` has a default of its own here).
+RUN_SETTINGS = ("profile", "seed", "cell_timeout", "notebook_timeout", "threads", "sandbox")
+
+
+def grading_config(
+    root: Path, profile: str, cache_dir: Path | None = None, sandbox: str | None = None, threads: int | None = None,
+    **values: Any,
+) -> GradingConfig:
+    """The settings ``run`` grades ``root/submission`` with. ``sandbox``, ``threads`` (a count) and ``values``
+    (``seed``, ``cell_timeout``, ``notebook_timeout``) default to what the environment says (``GRADER_SANDBOX``,
+    ``GRADER_THREADS``, ...), else the settings' defaults: what ``pytest grader/`` would grade with."""
+    for name in RUN_SETTINGS:
+        if name not in ("profile", "threads", "sandbox") and values.get(name) is None:
+            values[name] = settings.resolve(name, None)
+    return GradingConfig(
+        grades_dir=root / "results" / "grading",
+        profile=profile,
+        cache_dir=cache_dir,
+        hidden=(root / "submission",),
+        sandbox=sandbox if sandbox is not None else settings.resolve("sandbox", None),
+        threads=threads if threads is not None else settings.resolve_threads(None, WORKERS),
+        **values,
+    )
+
+
+def run(
+    root: Path, profile: str, cache_dir: Path | None = None, sandbox: str | None = None, threads: int | None = None,
+    **values: Any,
+) -> SubmissionResult:
     """Grade ``root/submission`` and write ``root/results/results.json`` (Gradescope's contract).
 
     ``cache_dir`` is where the served data is prepared (default: inside ``root/results/grading``);
-    ``sandbox`` is the ``--sandbox`` setting (grader/settings.py).
+    ``sandbox``, ``threads`` and ``values`` are the settings of grader/settings.py (``grading_config``).
     """
     from grader.reports import feedback, report
     from grader.grade import Grader
-    from grader.settings import GradingConfig
     from grader.records import write_json_atomic
 
     results_dir = root / "results"
-    work = results_dir / "grading"
-    config = GradingConfig(
-        grades_dir=work, profile=profile, cache_dir=cache_dir, hidden=(root / "submission",), sandbox=sandbox
-    )
+    config = grading_config(root, profile, cache_dir, sandbox, threads, **values)
+    work = config.grades_dir
     result = Grader(config).grade(find_notebook(root / "submission"))
     evidence = feedback.find_evidence(work, result)
     data = report.gradescope_results(result, feedback.leaderboard(result, evidence))
@@ -297,31 +323,27 @@ def error_results(root: Path, exc: BaseException) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    add_version_argument(parser)
+    settings.add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bundle", help="write the Gradescope autograder zip (from a checkout of the project)")
     b.add_argument("out", type=Path)
-    b.add_argument("--profile", default="smoke", choices=["smoke", "full", "tiny"])
     p = sub.add_parser("prepare", help="prepare the served data and check the baseline (the bundle's setup.sh)")
-    p.add_argument("--profile", default="smoke", choices=["smoke", "full", "tiny"])
-    p.add_argument("--data-cache", type=Path, required=True, metavar="DIR")
+    settings.add_argument(p, "data_cache")
     r = sub.add_parser("run", help="grade ROOT/submission into ROOT/results/results.json")
     r.add_argument("--root", type=Path, default=Path("/autograder"))
-    r.add_argument("--profile", default="smoke", choices=["smoke", "full", "tiny"])
-    r.add_argument(
-        "--data-cache",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="where the served data is prepared (env GRADER_DATA_CACHE; default: inside ROOT/results/grading)",
-    )
-    r.add_argument("--sandbox", default=None, metavar="MODE", help=settings.describe("sandbox"))
+    for command in (b, p, r):
+        settings.add_argument(command, "profile")
+    # Without --data-cache (or GRADER_DATA_CACHE) the data is prepared inside ROOT/results/grading.
+    settings.add_argument(r, "data_cache", default="inside ROOT/results/grading")
+    for name in RUN_SETTINGS[1:]:
+        settings.add_argument(r, name)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        settings.resolve_arguments(args, ("profile", "data_cache") if args.command == "prepare" else ("profile",))
         if args.command == "bundle":
             out = bundle(args.out, args.profile)
             print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB); upload it as the autograder of the assignment")
@@ -335,14 +357,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"served data ready in {folder}")
             return 0
         check_root(args.root)
-        sandbox = settings.resolve("sandbox", args.sandbox)
-        settings.check_sandbox(sandbox)
+        settings.resolve_arguments(args, RUN_SETTINGS)
+        settings.check_sandbox(args.sandbox)
+        cache = args.data_cache or (
+            settings.resolve("data_cache", None) if os.environ.get(settings.SETTINGS["data_cache"].env) else None
+        )
+        threads = settings.threads_setting(args.threads, WORKERS)  # as pytest grader/ gives one kernel
     except (UsageError, settings.UsageError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    cache = args.data_cache or (Path(os.environ["GRADER_DATA_CACHE"]) if os.environ.get("GRADER_DATA_CACHE") else None)
     try:
-        result = run(args.root, args.profile, cache.resolve() if cache else None, sandbox)
+        result = run(
+            args.root, args.profile, cache.resolve() if cache else None, args.sandbox, threads,
+            seed=args.seed, cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout,
+        )
     except Exception as exc:  # the student still gets a results.json that says what went wrong
         error_results(args.root, exc)
         raise

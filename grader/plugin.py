@@ -17,6 +17,7 @@ import pytest
 
 from grader.judging import checks
 from grader import lms, settings
+from grader.machine import available_cores
 from grader.reports import report
 from grader.grade import Grader
 from grader.settings import GradingConfig
@@ -65,10 +66,7 @@ def grading_config(config: pytest.Config) -> GradingConfig:
         data_dir = _setting(config, "data_dir")
         rubric = _setting(config, "rubric")
         submissions = _submissions_dir(config)
-        try:
-            threads = threads_setting(_setting(config, "threads"), _workers(config))
-        except settings.UsageError as exc:
-            raise pytest.UsageError(f"option --threads: {exc}") from None
+        threads = settings.threads_setting(_setting(config, "threads"), _workers(config))
         config.stash[CONFIG_KEY] = GradingConfig(
             grades_dir=(root / _setting(config, "grades_dir")).resolve(),
             profile=_setting(config, "profile"),
@@ -129,60 +127,12 @@ def validate(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--submissions: no submission was found in {folder}")
 
 
-def available_cores() -> int:
-    """The CPUs this process may use: its affinity mask, lowered by a cgroup CPU quota where one is set."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    quota = None
-    try:
-        v2 = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if v2 and v2[0] != "max":
-            quota = int(v2[0]) / int(v2[1])
-    except (OSError, ValueError, IndexError):
-        try:
-            cpu = Path("/sys/fs/cgroup/cpu")
-            us = int((cpu / "cpu.cfs_quota_us").read_text())
-            if us > 0:
-                quota = us / int((cpu / "cpu.cfs_period_us").read_text())
-        except (OSError, ValueError, ZeroDivisionError):
-            pass
-    if quota is not None:
-        cores = min(cores, max(1, int(quota)))
-    return max(1, cores)
-
-
-def threads_per_kernel(cores: int, workers: int) -> int:
-    """Threads for each kernel so that ``workers`` kernels running at once share ``cores`` without oversubscribing."""
-    return max(1, cores // max(1, workers))
-
-
 def _workers(config: pytest.Config) -> int:
     """How many notebooks this run executes at once: pytest-xdist's worker count, else 1."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         return int(workerinput.get("workercount", 1))
     return 1
-
-
-def threads_setting(text: str, workers: int, cores: int | None = None) -> int:
-    """Threads per kernel for a ``--threads`` value, ``workers`` kernels at once on ``cores`` (default:
-    this machine's). The default, ``cores``, does not depend on ``-n``: TensorFlow's CPU kernels
-    sum in a thread-dependent order, so a kernel with another thread count can land a borderline
-    metric on the other side of a bound, and a grade must not depend on how many notebooks ran at once.
-    """
-    if text.strip().lower() == "cores":
-        return cores or available_cores()
-    if text.strip().lower() == "auto":
-        return threads_per_kernel(cores or available_cores(), workers)
-    try:
-        threads = int(text)
-    except ValueError:
-        threads = 0
-    if threads < 1:
-        raise settings.UsageError(f"expected cores, auto or a positive number, got {text!r}")
-    return threads
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -247,7 +197,7 @@ def grader_of(config: pytest.Config) -> Grader:
         if grader.config.dask_scheduler or grader.config.dask_scheduler_file:
             from grader import cluster
 
-            cluster.attach(grader, config)
+            cluster.attach(grader, config, submissions_of(config))
     return config.stash[GRADER_KEY]
 
 

@@ -7,10 +7,16 @@ variable, else the default) and the same rules. A wrong value stops the run befo
 read: ``UsageError`` names the option (or the environment variable) that was wrong, what it got and
 what it takes, in a line or a few, and every front end turns it into an exit status other than 0
 and 1 (1 means a student failed a check).
+
+A front end takes a setting's flag, environment variable, default and help from ``SETTINGS`` (it may
+say more about what the setting means to it, never restate them); ``GradingConfig``'s defaults are
+the table's. The ``--threads`` setting becomes a thread count by one rule, ``threads_setting``, for
+every front end, so that a notebook gets the same thread count whichever of them grades it.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import os
@@ -20,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from grader.judging.checks import RUBRIC_PATH
+from grader.machine import available_cores, threads_per_kernel
 
 BASELINES_DIR = Path(__file__).resolve().parent.parent / "reference" / "baselines"  # the reference's measured metrics
-PROFILES = ("smoke", "full", "tiny")
+PROFILES = ("smoke", "full", "tiny")  # the dataset profiles (grader/datasets.py serves each)
 SANDBOX_MODES = ("required", "off")
 MIN_MEMORY = 512 * 2**20  # below this no TensorFlow kernel starts: every notebook would fail
 
@@ -79,17 +86,21 @@ def choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
-def threads(text: str) -> str:
-    """``cores``, ``auto`` or a positive number (turned into a count by ``plugin.threads_setting``)."""
+THREAD_RULES = ("cores", "auto")
+
+
+def threads(text: str) -> str | int:
+    """``cores``, ``auto`` or a positive number (an ``int``); made a count by ``threads_setting``."""
     value = text.strip().lower()
-    if value in ("cores", "auto"):
+    if value in THREAD_RULES:
         return value
     try:
-        if int(value) >= 1:
-            return value
+        count = int(value)
     except ValueError:
-        pass
-    raise ValueError(f"expected cores, auto or a positive number, got {text!r}")
+        count = 0
+    if count < 1:
+        raise ValueError(f"expected cores, auto or a positive number, got {text!r}")
+    return count
 
 
 def parse_resources(text: str) -> dict[str, float]:
@@ -209,10 +220,113 @@ def resolve(name: str, given: str | None, environ: Mapping[str, str] | None = No
         raise UsageError(f"{source}: {exc}") from None
 
 
-def describe(name: str) -> str:
-    """The help text of a setting, with its environment variable and default."""
+def describe(name: str, default: str | None = None) -> str:
+    """The help text of a setting, with its environment variable and default (``default``: a front end's own)."""
     s = SETTINGS[name]
-    return f"{s.help} (env {s.env}; default {s.default})"
+    shown = default if default is not None else s.default
+    return f"{s.help} (env {s.env}" + (f"; default {shown})" if shown is not None else ")")
+
+
+def parsed_default(name: str) -> Any:
+    """The parsed default of setting ``name`` (None where it has none)."""
+    setting = SETTINGS[name]
+    return None if setting.default is None else setting.parse(setting.default)
+
+
+# ------------------------------------------------------------------------------------------------
+# The thread count of each kernel
+# ------------------------------------------------------------------------------------------------
+
+
+def threads_setting(value: str | int, workers: int, cores: int | None = None) -> int:
+    """Threads per kernel for a parsed ``--threads`` value (``threads``: ``cores``, ``auto`` or a count),
+    ``workers`` kernels at once on ``cores`` (default: this machine's, ``machine.available_cores``).
+
+    The default, ``cores``, does not depend on ``-n``: TensorFlow's CPU kernels sum in a thread-dependent
+    order, so a kernel with another thread count can land a borderline metric on the other side of a
+    bound, and a grade must not depend on how many notebooks ran at once, nor on the front end.
+    """
+    if value == "cores":
+        return cores or available_cores()
+    if value == "auto":
+        return threads_per_kernel(cores or available_cores(), workers)
+    return int(value)  # a count, checked by the parser
+
+
+def resolve_threads(
+    given: str | None, workers: int = 1, environ: Mapping[str, str] | None = None, default: str | None = None,
+    cores: int | None = None,
+) -> int:
+    """The thread count of each kernel: ``--threads`` (``given``), else ``GRADER_THREADS``, else the default,
+    for ``workers`` notebooks executed at once; ``UsageError`` for a wrong value."""
+    return threads_setting(resolve("threads", given, environ, default), workers, cores)
+
+
+# ------------------------------------------------------------------------------------------------
+# Offering the settings on an argparse command line (python -m grader, python -m grader.gradescope)
+# ------------------------------------------------------------------------------------------------
+
+
+def add_argument(
+    parser: argparse.ArgumentParser | Any, name: str, meaning: str = "", default: str | None = None
+) -> None:
+    """Offer setting ``name`` on ``parser``: its flag, metavar and help from ``SETTINGS`` (``meaning``:
+    what it means to this front end, said before the help), its value left ``None`` when not given
+    (``resolve`` then reads the environment variable, else ``default`` or the setting's default).
+    A wrong value is an argparse usage error naming the option."""
+    setting = SETTINGS[name]
+
+    def parse(text: str) -> Any:
+        try:
+            return setting.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name  # argparse names the type in its message
+    parser.add_argument(
+        setting.flag,
+        dest=name,
+        type=parse,
+        default=None,
+        metavar=setting.metavar,
+        help=(f"{meaning}; " if meaning else "") + describe(name, default),
+    )
+
+
+def resolve_arguments(args: argparse.Namespace, names: tuple[str, ...], defaults: Mapping[str, str] | None = None) -> None:
+    """Fill each of ``names`` that the command line left ``None``: its environment variable, else the
+    front end's default (``defaults``), else the setting's; ``UsageError`` for a wrong value."""
+    for name in names:
+        if getattr(args, name, None) is None:
+            setattr(args, name, resolve(name, None, default=(defaults or {}).get(name)))
+
+
+# ------------------------------------------------------------------------------------------------
+# The grader's version, as every front end's --version prints it
+# ------------------------------------------------------------------------------------------------
+
+DISTRIBUTION = "l1l2-grader"
+
+
+def version() -> str:
+    """The installed distribution's version, else the package's own (a checkout that is not installed)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        from grader import __version__
+
+        return __version__
+
+
+def version_line() -> str:
+    return f"{DISTRIBUTION} {version()}"
+
+
+def add_version_argument(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` a ``--version`` option that prints the grader's version and exits 0."""
+    parser.add_argument("--version", action="version", version=version_line())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -324,20 +438,20 @@ class GradingConfig:
     """Settings of one grading run (the pytest plugin and the other front ends fill it from ``SETTINGS``)."""
 
     grades_dir: Path
-    profile: str = "smoke"
-    seed: int = 0
-    cell_timeout: float = 600.0
-    notebook_timeout: float = 1800.0
+    profile: str = parsed_default("profile")
+    seed: int = parsed_default("seed")
+    cell_timeout: float = parsed_default("cell_timeout")
+    notebook_timeout: float = parsed_default("notebook_timeout")
     data_dir: Path | None = None
     cache_dir: Path | None = None
     baselines_dir: Path = BASELINES_DIR
     rubric_path: Path = RUBRIC_PATH
-    threads: int | None = None
+    threads: int | None = None  # threads per kernel (threads_setting); None: the kernel's libraries choose
     memory_limit: int | None = None  # bytes per runner/evaluator; None: grader.runner.sandbox.DEFAULT_MEMORY_LIMIT
     hidden: tuple[Path, ...] = ()  # paths the sandboxed children must not see (the submissions folder)
     force: bool = False  # execute even when stored evidence for the same notebook and settings exists
     draw_processes: int = 1  # processes drawing a feedback page's figures (more only when nothing else is graded at once)
-    sandbox: str = "required"  # required: execute nothing unless the sandbox is complete; off: run with what there is
+    sandbox: str = parsed_default("sandbox")  # required: execute nothing unless the sandbox is complete; off: run with what there is
     dask_scheduler: str | None = None  # a Dask scheduler's address: notebooks execute on its workers (grader/cluster.py)
     dask_scheduler_file: Path | None = None  # or the scheduler file it wrote
     dask_resources: str | None = None  # worker resources each notebook's task needs, e.g. "GPU=1"

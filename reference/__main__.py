@@ -13,16 +13,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from grader import settings
 from grader.judging import checks
 from grader.datasets import DatasetStore
 from grader.grade import Grader
+from grader.machine import machine, versions
 from grader.settings import GradingConfig
 from grader.records import Evidence, write_json_atomic
 
@@ -48,27 +48,6 @@ def metrics_of(ev: Evidence) -> dict[str, float]:
                 if ":" not in thr:
                     out[f"{part}.{kind}_near_zero:{thr}"] = frac
     return out
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count()}
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    return {name: md.version(name) for name in ("tensorflow", "keras", "numpy")}
 
 
 def histograms_of(ev: Evidence) -> dict[str, dict[str, list[float]]]:
@@ -154,20 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reference", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("baseline", help="run the solution over several seeds and write reference/baselines/<profile>.json")
-    b.add_argument("--profile", default="smoke", choices=["smoke", "full", "tiny"])
     b.add_argument("--seeds", type=int, default=10, help="number of seeds, 0..N-1 (default 10)")
-    b.add_argument("--data-dir", type=Path, default=None)
     b.add_argument("--out", type=Path, default=None)
     c = sub.add_parser("check", help="rerun one seed of the solution and compare it with the stored baseline")
-    c.add_argument("--profile", default="smoke", choices=["smoke", "full", "tiny"])
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--data-dir", type=Path, default=None)
+    settings.add_argument(c, "seed")
     k = sub.add_parser("calibrate", help="grade the labelled variant and pattern corpora over several seeds; write reference/calibration/<profile>.json")
-    k.add_argument("--profile", default="smoke", choices=["smoke", "full", "tiny"])
     k.add_argument("--seeds", type=int, nargs="+", default=None, help="grading seeds (default 100 101 102)")
     k.add_argument("--variants", type=int, default=85, help="number of variants (default 85)")
     k.add_argument("--parallel", type=int, default=2, help="kernels at a time (default 2)")
-    k.add_argument("--data-dir", type=Path, default=None)
+    for command in (b, c, k):  # the grader's own settings (grader/settings.py), environment variables included
+        settings.add_argument(command, "profile")
+        settings.add_argument(command, "data_dir")
     k.add_argument("--work", type=Path, default=None, help="keep executions here and reuse them on the next run")
     k.add_argument("--force", action="store_true", help="execute again even what --work already holds")
     k.add_argument("--rejudge", action="store_true", help="judge the executions --work holds again, without executing")
@@ -177,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     k.add_argument("--out", type=Path, default=None, help="write the record here (default reference/calibration/<profile>.json)")
     args = parser.parse_args(argv)
+    try:
+        settings.resolve_arguments(args, ("profile", "data_dir") + (("seed",) if args.command == "check" else ()))
+    except settings.UsageError as exc:
+        parser.error(str(exc))
     if args.command == "calibrate":
         from reference import calibrate
 

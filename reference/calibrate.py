@@ -38,10 +38,11 @@ from typing import Any
 
 import nbformat
 
+from grader import settings
 from grader.judging import checks
 from grader.grade import Grader
+from grader.machine import machine, versions
 from grader.settings import GradingConfig
-from grader.plugin import available_cores
 from grader.records import CellOutcome, CheckResult, EvaluationEvidence, Evidence, ModelEvidence, write_json_atomic
 from reference import corpus, patterns
 
@@ -113,7 +114,7 @@ def execute_families(
     notebooks.mkdir(parents=True, exist_ok=True)
     for fam in fams:
         nbformat.write(fam.notebook, notebooks / f"{fam.name}.ipynb")
-    threads = max(1, available_cores() // parallel)
+    threads = settings.threads_setting("auto", parallel)  # --threads auto: the cores shared by the kernels at a time
     graders = {
         seed: Grader(
             GradingConfig(
@@ -413,8 +414,6 @@ def calibrate(
     profile: str, seeds: list[int], work: Path, data_dir: Path | None, parallel: int, count: int, force: bool,
     out: Path | None, rejudge: bool = False, with_patterns: bool = True,
 ) -> int:
-    from reference.__main__ import machine, versions
-
     started = time.monotonic()
     variants = corpus.variants(count)
     pattern_list = list(patterns.PATTERNS) if with_patterns else []
