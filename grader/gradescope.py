@@ -261,7 +261,7 @@ def run(root: Path, profile: str, cache_dir: Path | None = None, sandbox: str = 
     ``cache_dir`` is where the served data is prepared (default: inside ``root/results/grading``);
     ``sandbox`` is the ``--sandbox`` setting (grader/settings.py).
     """
-    from grader.reports import feedback, report
+    from grader.reports import report, views
     from grader.grade import Grader
     from grader.settings import GradingConfig
     from grader.records import write_json_atomic
@@ -272,8 +272,8 @@ def run(root: Path, profile: str, cache_dir: Path | None = None, sandbox: str = 
         grades_dir=work, profile=profile, cache_dir=cache_dir, hidden=(root / "submission",), sandbox=sandbox
     )
     result = Grader(config).grade(find_notebook(root / "submission"))
-    evidence = feedback.find_evidence(work, result)
-    data = report.gradescope_results(result, feedback.leaderboard(result, evidence))
+    evidence = views.find_evidence(work, result)
+    data = report.gradescope_results(result, report.leaderboard(result, evidence))
     data.pop("extra_data", None)  # Gradescope shows only its own keys; the full record stays in grading/
     write_json_atomic(results_dir / "results.json", data)
     return result
