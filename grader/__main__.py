@@ -92,7 +92,7 @@ def grading_config(args: argparse.Namespace) -> GradingConfig:
 def run(args: argparse.Namespace) -> int:
     _validate(args)
     # Imported here so that usage errors are reported at once, without loading the grader.
-    from grader.reports import feedback
+    from grader.reports import student_page, views
     from grader.grade import Grader, load_evidence
     from grader.submissions import Submission
 
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     key = notebook.stem
     config = grading_config(args)
     baseline_path = config.baselines_dir / f"{config.profile}.json"
-    baseline = feedback.read_baseline(baseline_path)
+    baseline = views.read_baseline(baseline_path)
     if baseline is None:
         available = [p for p in settings.PROFILES if (config.baselines_dir / f"{p}.json").is_file()]
         raise UsageError(
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         evidence = load_evidence(evidence_path)
     page = student_dir(config.grades_dir, key) / "feedback.html"
     if not (page.is_file() and page.stat().st_mtime >= started - 1):  # unless grading already wrote it
-        page = feedback.write_feedback(config.grades_dir, result, evidence, baseline, bounds)
+        page = student_page.write_feedback(config.grades_dir, result, evidence, baseline, bounds)
 
     print(format_result(result))
     print(f"\nFeedback page: {page}")

@@ -290,7 +290,7 @@ def run(
     ``cache_dir`` is where the served data is prepared (default: inside ``root/results/grading``);
     ``sandbox``, ``threads`` and ``values`` are the settings of grader/settings.py (``grading_config``).
     """
-    from grader.reports import feedback, report
+    from grader.reports import report, views
     from grader.grade import Grader
     from grader.records import write_json_atomic
 
@@ -298,8 +298,8 @@ def run(
     config = grading_config(root, profile, cache_dir, sandbox, threads, **values)
     work = config.grades_dir
     result = Grader(config).grade(find_notebook(root / "submission"))
-    evidence = feedback.find_evidence(work, result)
-    data = report.gradescope_results(result, feedback.leaderboard(result, evidence))
+    evidence = views.find_evidence(work, result)
+    data = report.gradescope_results(result, report.leaderboard(result, evidence))
     data.pop("extra_data", None)  # Gradescope shows only its own keys; the full record stays in grading/
     write_json_atomic(results_dir / "results.json", data)
     return result

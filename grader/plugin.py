@@ -414,17 +414,17 @@ def _write_class_outputs(config: pytest.Config) -> None:
     if not results:
         return
     cfg = grading_config(config)
-    from grader.reports import feedback
+    from grader.reports import class_page, views
 
     def gradebook() -> None:
         report.write_gradebook(cfg.grades_dir, results, checks.CHECK_IDS)
 
     def index() -> None:
-        feedback.write_index(
+        class_page.write_index(
             cfg.grades_dir,
             results,
-            {r.key: feedback.find_evidence(cfg.grades_dir, r) for r in results},
-            feedback.read_baseline(cfg.baselines_dir / f"{cfg.profile}.json"),
+            {r.key: views.find_evidence(cfg.grades_dir, r) for r in results},
+            views.read_baseline(cfg.baselines_dir / f"{cfg.profile}.json"),
             processes=available_cores(),  # every notebook is done: the class page may use every core
         )
 

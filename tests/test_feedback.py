@@ -1,4 +1,5 @@
-"""Tests of grader/reports/feedback.py (feedback.html, index.html, leaderboard entries) and of the self-check
+"""Tests of the feedback pages (grader/reports/student_page.py: feedback.html; class_page.py: index.html; their
+figures and shared views), of the Gradescope leaderboard entries (grader/reports/report.py) and of the self-check
 command ``python -m grader`` (its usage errors, and its output with the grader replaced by a stub).
 
 Fast: evidence is built by hand, nothing is executed. Nothing is written into the repository.
@@ -23,9 +24,8 @@ import markupsafe
 import numpy as np
 import pytest
 
-from grader.judging import checks
-from grader.reports import feedback
 from grader.evaluator.inspect import abs_histogram, near_zero_fractions
+from grader.judging import checks
 from grader.records import (
     CellOutcome,
     Evidence,
@@ -36,6 +36,7 @@ from grader.records import (
     SubmissionResult,
     write_json_atomic,
 )
+from grader.reports import class_page, drawing, report, student_page, views
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_BASELINE = REPO / "reference" / "baselines" / "tiny.json"
@@ -214,8 +215,8 @@ def build_class(out: Path, with_histograms: bool = True) -> tuple[dict[str, Path
         submission("bob", evs["bob"], base),
         submission("carol", None, base, status="invalid", reason="Invalid submission: the file is empty (0 bytes)."),
     ]
-    pages = {r.key: feedback.write_feedback(out, r, evs[r.key], base, bounds(base)) for r in results}
-    pages["index"] = feedback.write_index(out, results, evs, base)
+    pages = {r.key: student_page.write_feedback(out, r, evs[r.key], base, bounds(base)) for r in results}
+    pages["index"] = class_page.write_index(out, results, evs, base)
     return pages, {r.key: r for r in results}
 
 
@@ -362,7 +363,7 @@ def test_without_reference_histograms_there_is_no_shadow(tmp_path: Path) -> None
     base = baseline(False)
     ev = evidence()
     ev = dataclasses.replace(ev, models=ev.models[:2])  # the recap models only: fewer plots, same code path
-    page = feedback.write_feedback(tmp_path, submission("erin", ev, base), ev, base, bounds(base))
+    page = student_page.write_feedback(tmp_path, submission("erin", ev, base), ev, base, bounds(base))
     text = page.read_text()
     assert "Grey: the reference" not in text
     assert text.count("The baseline has no reference histogram for this model") == 2
@@ -373,7 +374,7 @@ def test_without_baseline_or_bounds_the_page_still_shows_the_student(tmp_path: P
     ev = evidence()
     ev = dataclasses.replace(ev, models=ev.models[2:])  # the CNNs only
     r = submission("frank", ev, baseline(False))
-    text = feedback.write_feedback(tmp_path, r, ev, None, None).read_text()
+    text = student_page.write_feedback(tmp_path, r, ev, None, None).read_text()
     assert "No reference baseline was available" in text
     _, p = parse(tmp_path / "students" / "frank" / "feedback.html")
     alts = [str(img.get("alt")) for img in p.imgs]
@@ -403,7 +404,7 @@ def test_diverged_history_and_unreadable_weights_are_described(tmp_path: Path) -
     )
     ev = dataclasses.replace(ev, models=[bad])
     base = baseline(True)
-    text = feedback.write_feedback(tmp_path, submission("gina", ev, base), ev, base, bounds(base)).read_text()
+    text = student_page.write_feedback(tmp_path, submission("gina", ev, base), ev, base, bounds(base)).read_text()
     assert "loss is not a finite number from epoch 2 on" in text
     assert "The weights of your L1 CNN could not be read" in text
 
@@ -411,10 +412,10 @@ def test_diverged_history_and_unreadable_weights_are_described(tmp_path: Path) -
 def test_figures_drawn_in_two_processes_give_the_same_pages(tmp_path: Path) -> None:
     ev, base = evidence(), baseline(True)
     result = submission("hana", ev, base)
-    one = feedback.write_feedback(tmp_path / "one", result, ev, base, bounds(base), processes=1).read_text()
-    two = feedback.write_feedback(tmp_path / "two", result, ev, base, bounds(base), processes=2).read_text()
-    index_one = feedback.write_index(tmp_path / "one", [result], {"hana": ev}, base, processes=1).read_text()
-    index_two = feedback.write_index(tmp_path / "two", [result], {"hana": ev}, base, processes=2).read_text()
+    one = student_page.write_feedback(tmp_path / "one", result, ev, base, bounds(base), processes=1).read_text()
+    two = student_page.write_feedback(tmp_path / "two", result, ev, base, bounds(base), processes=2).read_text()
+    index_one = class_page.write_index(tmp_path / "one", [result], {"hana": ev}, base, processes=1).read_text()
+    index_two = class_page.write_index(tmp_path / "two", [result], {"hana": ev}, base, processes=2).read_text()
 
     assert one.count("data:image/png;base64,") >= 8
     assert two == one
@@ -426,8 +427,8 @@ def test_a_figure_that_cannot_be_drawn_becomes_a_sentence_in_either_mode(tmp_pat
         raise ValueError("no axes today")
 
     for processes in (1, 2):
-        with feedback._drawing(processes):
-            plots = [feedback._draw("Broken", "alt", ["A note."], broken), feedback._draw("Also broken", "alt", [], broken)]
+        with drawing.batch(processes) as figures:
+            plots = [figures.plot("Broken", "alt", ["A note."], broken), figures.plot("Also broken", "alt", [], broken)]
         assert [p.image for p in plots] == [None, None]
         assert plots[0].notes == ["A note.", "This plot could not be drawn (ValueError: no axes today)."]
 
@@ -473,7 +474,7 @@ def test_index_ties_in_accuracy_are_broken_by_time(tmp_path: Path) -> None:
         "fast": evidence(with_cnn_l2=False, cnn_l1_acc=0.5, cnn_l1_secs=10.0),
     }
     results = [submission(k, ev, base) for k, ev in evs.items()]
-    text = feedback.write_index(tmp_path, results, evs, base).read_text()
+    text = class_page.write_index(tmp_path, results, evs, base).read_text()
     assert text.index(">fast<") < text.index(">slow<")
     assert "(no page)" in text  # no feedback.html was written for them
 
@@ -481,7 +482,7 @@ def test_index_ties_in_accuracy_are_broken_by_time(tmp_path: Path) -> None:
 def test_index_of_nothing_executed_says_so(tmp_path: Path) -> None:
     base = baseline(False)
     r = submission("zed", None, base, status="invalid", reason="Invalid submission: not JSON.")
-    text = feedback.write_index(tmp_path, [r], {"zed": None}, base).read_text()
+    text = class_page.write_index(tmp_path, [r], {"zed": None}, base).read_text()
     assert "No submission has an identified CNN" in text
 
 
@@ -493,14 +494,14 @@ def test_index_of_nothing_executed_says_so(tmp_path: Path) -> None:
 def test_leaderboard_uses_the_best_cnn_and_its_time() -> None:
     base = baseline(False)
     ev = evidence(cnn_l1_acc=0.41, cnn_l1_secs=15.0)  # L2 CNN: 0.39 in 12 s
-    entries = feedback.leaderboard(submission("alice", ev, base), ev)
+    entries = report.leaderboard(submission("alice", ev, base), ev)
     assert entries == [
         {"name": "CNN test accuracy", "value": 0.41, "order": "desc"},
         {"name": "CNN training time (s)", "value": 15.0, "order": "asc"},
     ]
     ev2 = evidence(cnn_l1_acc=0.30)
-    assert feedback.leaderboard(submission("bob", ev2, base), ev2)[0]["value"] == 0.39
-    assert feedback.leaderboard(submission("bob", ev2, base), ev2)[1]["value"] == 12.0
+    assert report.leaderboard(submission("bob", ev2, base), ev2)[0]["value"] == 0.39
+    assert report.leaderboard(submission("bob", ev2, base), ev2)[1]["value"] == 12.0
     json.dumps(entries, allow_nan=False)
 
 
@@ -508,36 +509,36 @@ def test_leaderboard_is_empty_without_a_cnn() -> None:
     base = baseline(False)
     ev = evidence()
     no_cnn = dataclasses.replace(ev, models=ev.models[:2])
-    assert feedback.leaderboard(submission("a", no_cnn, base), no_cnn) == []
-    assert feedback.leaderboard(submission("b", None, base, status="invalid"), None) == []
+    assert report.leaderboard(submission("a", no_cnn, base), no_cnn) == []
+    assert report.leaderboard(submission("b", None, base, status="invalid"), None) == []
     no_metric = dataclasses.replace(ev, models=[dataclasses.replace(m, metric=None) for m in ev.models])
-    assert feedback.leaderboard(submission("c", no_metric, base), no_metric) == []
+    assert report.leaderboard(submission("c", no_metric, base), no_metric) == []
 
 
 def test_find_evidence_reads_the_job_evidence_and_ignores_invalid(tmp_path: Path) -> None:
     base = baseline(False)
     ev = evidence()
     write_json_atomic(tmp_path / ".jobs" / "alice" / "evidence.json", ev)
-    assert feedback.find_evidence(tmp_path, submission("alice", ev, base)) == ev
-    assert feedback.find_evidence(tmp_path, submission("alice", None, base, status="invalid")) is None
-    assert feedback.find_evidence(tmp_path, submission("nobody", ev, base)) is None
+    assert views.find_evidence(tmp_path, submission("alice", ev, base)) == ev
+    assert views.find_evidence(tmp_path, submission("alice", None, base, status="invalid")) is None
+    assert views.find_evidence(tmp_path, submission("nobody", ev, base)) is None
     (tmp_path / ".jobs" / "broken").mkdir()
     (tmp_path / ".jobs" / "broken" / "evidence.json").write_text("{not json")
-    assert feedback.find_evidence(tmp_path, submission("broken", ev, base)) is None
+    assert views.find_evidence(tmp_path, submission("broken", ev, base)) is None
 
 
 def test_read_baseline(tmp_path: Path) -> None:
-    assert feedback.read_baseline(TINY_BASELINE) == json.loads(TINY_BASELINE.read_text())
-    assert feedback.read_baseline(tmp_path / "missing.json") is None
+    assert views.read_baseline(TINY_BASELINE) == json.loads(TINY_BASELINE.read_text())
+    assert views.read_baseline(tmp_path / "missing.json") is None
     (tmp_path / "bad.json").write_text("[1, 2")
-    assert feedback.read_baseline(tmp_path / "bad.json") is None
+    assert views.read_baseline(tmp_path / "bad.json") is None
 
 
 def test_a_grader_error_without_evidence_does_not_claim_the_notebook_never_ran(tmp_path: Path) -> None:
     base = baseline(False)
     reason = "Autograder error while grading this submission: RuntimeError: the evaluator process failed"
     r = submission("hal", None, base, status="error", reason=reason)
-    text = feedback.write_feedback(tmp_path, r, None, base, bounds(base)).read_text()
+    text = student_page.write_feedback(tmp_path, r, None, base, bounds(base)).read_text()
     assert "the grader has no record of the models your notebook trained" in text
     assert "not executed" not in text and "RuntimeError: the evaluator process failed" in text
 

@@ -1,5 +1,5 @@
-"""Reports: per-submission ``results.json`` (Gradescope schema) and ``executed.ipynb``, the class
-``gradebook.csv``, and the summary table printed at the end of a run.
+"""Reports: per-submission ``results.json`` (Gradescope schema, with its leaderboard entries) and
+``executed.ipynb``, the class ``gradebook.csv``, and the summary table printed at the end of a run.
 
 Everything here is written from ``SubmissionResult`` records; nothing is recomputed.
 """
@@ -9,14 +9,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import nbformat
 
+from grader.judging import checks
 from grader.outputs import copy_atomic, student_dir, write_atomic
-from grader.records import SubmissionResult, from_jsonable, to_jsonable, write_json_atomic
+from grader.records import Evidence, SubmissionResult, from_jsonable, to_jsonable, write_json_atomic
 
 
 def gradescope_results(result: SubmissionResult, leaderboard: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -50,6 +52,28 @@ def gradescope_results(result: SubmissionResult, leaderboard: list[dict[str, Any
 
 def _fmt(x: float) -> str:
     return f"{x:g}"
+
+
+def leaderboard(result: SubmissionResult, evidence: Evidence | None) -> list[dict[str, Any]]:
+    """Gradescope leaderboard entries from the student's best identified CNN (L1 or L2).
+
+    The best CNN is the one with the highest recomputed test accuracy (ties: the faster one); its
+    training time is reported with it. Empty when no CNN with a recomputed accuracy was identified.
+    """
+    if evidence is None:
+        return []
+    cnns = checks.cnn_models(evidence)
+    identified = [checks.pick(cnns, kind) for kind in ("l1", "l2")]
+    candidates = [
+        m for m in identified if m is not None and isinstance(m.metric, (int, float)) and math.isfinite(m.metric)
+    ]
+    if not candidates:
+        return []
+    best = max(candidates, key=lambda m: (float(m.metric or 0.0), -m.train_seconds))
+    return [
+        {"name": "CNN test accuracy", "value": float(best.metric or 0.0), "order": "desc"},
+        {"name": "CNN training time (s)", "value": float(best.train_seconds), "order": "asc"},
+    ]
 
 
 def write_submission(
