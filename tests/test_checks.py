@@ -138,9 +138,9 @@ def cnn_model(kind: str | None, accuracy: float | None = 0.62, near_zero: float 
     return model(f"cnn_{kind}", "cifar10", cnn_layers(kind), accuracy, near_zero, **kw)
 
 
-def cells(recap: int = 3, practice: int = 3) -> list[CellOutcome]:
+def cells(recap: int = 3, cnn: int = 3) -> list[CellOutcome]:
     out = [CellOutcome(i, "ok", 0.5, "recap") for i in range(recap)]
-    return out + [CellOutcome(recap + i, "ok", 0.5, "practice") for i in range(practice)]
+    return out + [CellOutcome(recap + i, "ok", 0.5, "cnn") for i in range(cnn)]
 
 
 def evidence(**overrides: Any) -> Evidence:
@@ -235,7 +235,7 @@ def test_recap_name_error_on_y_explains_the_case_of_y(rubric: Rubric, bounds: Bo
         CellOutcome(0, "ok", 0.1, "recap"),
         CellOutcome(1, "error", 0.1, "recap", "NameError", "name 'y' is not defined", "Traceback ..."),
         CellOutcome(2, "error", 0.1, "recap", "NameError", "name 'X_train' is not defined"),
-        CellOutcome(3, "ok", 0.1, "practice"),
+        CellOutcome(3, "ok", 0.1, "cnn"),
     ]
 
     result = verdict(evidence(cells=broken), rubric, bounds, "recap.runs")
@@ -295,7 +295,7 @@ def test_a_long_error_message_is_cut_in_the_feedback(rubric: Rubric, bounds: Bou
 
 
 def test_practice_errors_do_not_fail_the_recap(rubric: Rubric, bounds: Bounds) -> None:
-    ev = evidence(cells=[CellOutcome(0, "ok", 0.1, "recap"), CellOutcome(1, "error", 0.1, "practice", "E", "x")])
+    ev = evidence(cells=[CellOutcome(0, "ok", 0.1, "recap"), CellOutcome(1, "error", 0.1, "cnn", "E", "x")])
 
     assert verdict(ev, rubric, bounds, "recap.runs").passed
 
@@ -383,9 +383,9 @@ def test_no_boston_model_at_all_mentions_the_unmatched_data(rubric: Rubric, boun
 
 def test_no_model_found_names_the_failed_cell_and_its_keras3_fix(rubric: Rubric, bounds: Bounds) -> None:
     failing = [
-        *cells(recap=3, practice=1),
-        CellOutcome(4, "error", 0.1, "practice", "ValueError", "Argument(s) not recognized: {'lr': 0.001}"),
-        CellOutcome(5, "error", 0.1, "practice", "NameError", "name 'model_l1' is not defined"),
+        *cells(recap=3, cnn=1),
+        CellOutcome(4, "error", 0.1, "cnn", "ValueError", "Argument(s) not recognized: {'lr': 0.001}"),
+        CellOutcome(5, "error", 0.1, "cnn", "NameError", "name 'model_l1' is not defined"),
     ]
     ev = evidence(cells=failing, models=evidence().models[:2])
 
