@@ -413,7 +413,7 @@ def families(practice_notebooks: int = 2) -> list[Family]:
         for spec in group:
             cell_of[spec.name] = len(cells)
             cells.append(code(spec.code))
-        out.append(Family(f"practice{i + 1}", _notebook(cells), cell_of, setup=(1,)))
+        out.append(Family(f"{CNN}{i + 1}", _notebook(cells), cell_of, setup=(1,)))
     return out
 
 
