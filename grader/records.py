@@ -341,7 +341,6 @@ class EvaluationEvidence:
     returned: list[float]
     metric_name: str
     recomputed: float | None
-    penalty: float | None
     # The names the kernel recorded for the returned values (Keras 3: ["loss", "compile_metrics"], or the
     # keys of a returned dict); empty when not recorded.
     returned_names: list[str] = dataclasses.field(default_factory=list)

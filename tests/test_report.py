@@ -241,7 +241,7 @@ def nested_evidence() -> Evidence:
             CellOutcome(1, "error", 0.5, "cnn", "NameError", "name 'y'"),
         ],
         models=[model, unloaded],
-        evaluations=[EvaluationEvidence(1, "model1", True, [1.1, 0.625], "accuracy", 0.625, None)],
+        evaluations=[EvaluationEvidence(1, "model1", True, [1.1, 0.625], "accuracy", 0.625)],
         printed=["Test accuracy: 0.625"],
         neutralised=["!pip install x"],
         timings={"execute": 12.0},
