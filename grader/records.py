@@ -10,9 +10,42 @@ import dataclasses
 import json
 import types
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
+
+# --------------------------------------------------------------------------------------------
+# Vocabularies: every value the grader writes into a status or part field, and nothing else
+# (tests/test_vocabulary.py reads the sources for the values they write).
+# --------------------------------------------------------------------------------------------
+
+# How one code cell ran: set by the runner (grader/runner/execute.py), and by the orchestrator for the
+# cells a killed runner never reported (``deadline`` after a timeout, else ``unknown``).
+CellStatus = Literal["ok", "error", "timeout", "dead_kernel", "deadline", "unknown"]
+# How the notebook's execution ended (``Evidence.status``): the runner's own verdict in ``cells.json``
+# (which says ``running`` until the runner ends, and is read as ``error`` if it never ends), or how the
+# orchestrator saw the runner process end (grader/runner/execute.py: ``RunResult``), which overrides it.
+ExecutionStatus = Literal["completed", "deadline", "timeout", "kernel_died", "memory", "crashed", "error"]
+# A submission's grade status (``SubmissionResult.status``, the gradebook's ``status`` column).
+SubmissionStatus = Literal["graded", "invalid", "timeout", "memory", "kernel_died", "error"]
+# The submission status each execution status gives; anything else is an ``error``.
+SUBMISSION_STATUS: dict[str, SubmissionStatus] = {
+    "completed": "graded",
+    "deadline": "timeout",
+    "timeout": "timeout",
+    "memory": "memory",
+    "crashed": "error",
+    "kernel_died": "kernel_died",
+    "error": "error",
+}
+
+# The exercise's parts, named as the check ids name them (``recap.*``, ``cnn.*``): the recap (Boston
+# Housing regression) and the practice (CIFAR-10 CNNs); ``other`` for a cell that belongs to neither.
+Part = Literal["recap", "cnn", "other"]
+RECAP: Part = "recap"
+CNN: Part = "cnn"
+OTHER: Part = "other"
+PARTS: tuple[Part, ...] = (RECAP, CNN)  # the graded parts, in the notebook's order
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -27,7 +60,11 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def from_jsonable(cls: type[T], data: Any) -> T:
-    """Rebuild a record of type ``cls`` from plain JSON data (the inverse of :func:`to_jsonable`)."""
+    """Rebuild a record of type ``cls`` from plain JSON data (the inverse of :func:`to_jsonable`).
+
+    Keys that are not fields of ``cls`` are ignored (evidence written by an older grader), and values of
+    ``Literal`` fields are taken as they are, unchecked.
+    """
     import typing
 
     hints = typing.get_type_hints(cls)
@@ -164,29 +201,13 @@ class CellOutcome:
     """How one code cell of the submission ran."""
 
     index: int
-    status: str  # ok | error | timeout | skipped | dead_kernel | deadline
+    status: CellStatus
     seconds: float
-    part: str  # recap | practice | other
+    part: Part
     error_name: str = ""
     error_value: str = ""
     traceback: str = ""
     neutralised: list[str] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass(frozen=True)
-class ExecutionResult:
-    """Everything the runner produced for one submission."""
-
-    status: str  # completed | invalid | deadline | kernel_died | error
-    reason: str
-    cells: list[CellOutcome]
-    fits: list[FitRecord]
-    evaluations: list[EvaluateRecord]
-    printed: list[str]
-    neutralised: list[str]
-    timings: dict[str, float]
-    seed: int
-    profile: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,7 +282,7 @@ class SubmissionResult:
 
     key: str
     source: str
-    status: str  # graded | invalid | error | timeout | kernel_died
+    status: SubmissionStatus
     reason: str
     score: float
     max_score: float
@@ -320,7 +341,6 @@ class EvaluationEvidence:
     returned: list[float]
     metric_name: str
     recomputed: float | None
-    penalty: float | None
     # The names the kernel recorded for the returned values (Keras 3: ["loss", "compile_metrics"], or the
     # keys of a returned dict); empty when not recorded.
     returned_names: list[str] = dataclasses.field(default_factory=list)
@@ -333,7 +353,7 @@ class Evidence:
     Saved as ``evidence.json``: changing the rubric re-runs the checks from it without executing anything.
     """
 
-    status: str
+    status: ExecutionStatus
     reason: str
     cells: list[CellOutcome]
     models: list[ModelEvidence]
@@ -341,5 +361,5 @@ class Evidence:
     printed: list[str]
     neutralised: list[str]
     timings: dict[str, float]
-    sources: dict[str, str] = dataclasses.field(default_factory=dict)  # part -> its code, for hints only
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)  # Part -> its code, for hints only
     unsandboxed: list[str] = dataclasses.field(default_factory=list)  # protections missing where it executed

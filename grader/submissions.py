@@ -19,6 +19,8 @@ from pathlib import Path
 
 import nbformat
 
+from grader.records import CNN, OTHER, RECAP, Part
+
 MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024
 
 
@@ -223,12 +225,12 @@ def prepare(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[str]
 
 
 # ---------------------------------------------------------------------------------------------
-# Parts: the recap (Boston Housing regression) and the practice (CIFAR-10 CNNs)
+# Parts: the recap (Boston Housing regression) and the practice (CIFAR-10 CNNs), named ``recap`` and
+# ``cnn`` as in the check ids (grader/records.py: Part)
 # ---------------------------------------------------------------------------------------------
 
-RECAP, PRACTICE, OTHER = "recap", "practice", "other"
 # The canonical datasets (grader/judging/provenance.py) and the part that trains on each.
-DATASET_PARTS = {"boston": RECAP, "cifar10": PRACTICE}
+DATASET_PARTS: dict[str, Part] = {"boston": RECAP, "cifar10": CNN}
 
 # "#Practice", without a space after the hashes, counts as a heading too.
 _HEADING = re.compile(r"^[ \t]*#+[ \t]*(?P<text>\S.*)$", re.M)
@@ -241,11 +243,11 @@ _CIFAR_SHAPE = re.compile(r"[(\[]\s*(?:(?:None|-?\s*\d+)\s*,\s*)?32\s*,\s*32\s*,
 _CNN_NAME = re.compile(r"conv(?:olution)?2d|pool(?:ing)?2d", re.I)
 
 
-def cell_parts(nb: nbformat.NotebookNode) -> list[str]:
-    """Label each cell ``recap``, ``practice`` or ``other`` from what its code does, then the notebook's headings.
+def cell_parts(nb: nbformat.NotebookNode) -> list[Part]:
+    """Label each cell ``recap``, ``cnn`` or ``other`` from what its code does, then the notebook's headings.
 
     A code cell that loads or uses the Boston data is recap; one that uses CIFAR-10 or builds a CNN is
-    practice (``_code_part``); a cell that reads names only such cells define follows them. A "Recap" /
+    ``cnn``, the practice (``_code_part``); a cell that reads names only such cells define follows them. A "Recap" /
     "Practice" heading (or one naming Boston, CIFAR or a CNN) places the cells below it up to the next such
     heading, unless code there belongs to the other part; code above a first "Practice" heading is the
     recap. Any other cell takes the part of the nearest placed code cell after it in its section (the
@@ -255,14 +257,14 @@ def cell_parts(nb: nbformat.NotebookNode) -> list[str]:
     return _assign_parts(nb.cells, {})
 
 
-def refine_parts(nb: nbformat.NotebookNode, trained: Iterable[tuple[int | None, str]]) -> list[str]:
+def refine_parts(nb: nbformat.NotebookNode, trained: Iterable[tuple[int | None, str]]) -> list[Part]:
     """``cell_parts`` once the notebook has run: ``trained`` holds (cell index, dataset) for each model fit.
 
-    A cell that trained on the Boston data is recap and one that trained only on CIFAR-10 is practice,
+    A cell that trained on the Boston data is recap and one that trained only on CIFAR-10 is ``cnn``,
     whatever its code or headings say; the other cells are placed around them as ``cell_parts`` places
     cells around code. Fits of unknown data or of no known cell (index ``None``) change nothing.
     """
-    placed: dict[int, str] = {}
+    placed: dict[int, Part] = {}
     for index, dataset in trained:
         part = DATASET_PARTS.get(dataset)
         if index is not None and part is not None and 0 <= index < len(nb.cells) and placed.get(index) != RECAP:
@@ -270,7 +272,7 @@ def refine_parts(nb: nbformat.NotebookNode, trained: Iterable[tuple[int | None, 
     return _assign_parts(nb.cells, placed)
 
 
-def _assign_parts(cells: list[nbformat.NotebookNode], anchors: dict[int, str]) -> list[str]:
+def _assign_parts(cells: list[nbformat.NotebookNode], anchors: dict[int, Part]) -> list[Part]:
     """Every cell's part, given cells already placed by what they trained (``anchors``)."""
     placed = _follow_names(cells, {**_placed_by_code(cells), **anchors})
     own_heading = [_heading_part(c.source) if c.cell_type == "markdown" else None for c in cells]
@@ -279,7 +281,7 @@ def _assign_parts(cells: list[nbformat.NotebookNode], anchors: dict[int, str]) -
     section = list(itertools.accumulate(int(h) for h in headed))  # a section starts at each heading
     starts = {s: section.index(s) for s in set(section)}
     ends = {s: len(section) - section[::-1].index(s) for s in set(section)}
-    parts = []
+    parts: list[Part] = []
     for i, cell in enumerate(cells):
         part = placed.get(i)
         if part is None and cell.cell_type == "markdown":
@@ -297,19 +299,19 @@ def _assign_parts(cells: list[nbformat.NotebookNode], anchors: dict[int, str]) -
     return parts
 
 
-def _nearest(placed: dict[int, str], candidates: Iterable[int]) -> str | None:
+def _nearest(placed: dict[int, Part], candidates: Iterable[int]) -> Part | None:
     """The part of the first placed cell among ``candidates``."""
     return next((placed[j] for j in candidates if j in placed), None)
 
 
-def _placed_by_code(cells: list[nbformat.NotebookNode]) -> dict[int, str]:
+def _placed_by_code(cells: list[nbformat.NotebookNode]) -> dict[int, Part]:
     """Code cells whose own code says which data they work on."""
     found = {i: _code_part(c.source) for i, c in enumerate(cells) if c.cell_type == "code"}
     return {i: part for i, part in found.items() if part is not None}
 
 
-def _code_part(source: str) -> str | None:
-    """``recap`` for code that loads or uses the Boston data, ``practice`` for CIFAR-10 or a CNN; recap if both.
+def _code_part(source: str) -> Part | None:
+    """``recap`` for code that loads or uses the Boston data, ``cnn`` for CIFAR-10 or a CNN; recap if both.
 
     Signals are names (``boston``, ``load_boston``, ``raw_df``; ``cifar10``, ``Conv2D``, ``MaxPooling2D``),
     strings without spaces (the StatLib URL, a file or dataset name with "boston" or "cifar") and 32x32x3
@@ -325,7 +327,7 @@ def _code_part(source: str) -> str | None:
         or any(_CIFAR_WORD.search(s) for s in strings)
         or bool(_CIFAR_SHAPE.search(code))
     )
-    return PRACTICE if cifar else None
+    return CNN if cifar else None
 
 
 def _tokens(source: str) -> tuple[list[str], list[str], str]:
@@ -352,7 +354,7 @@ def _tokens(source: str) -> tuple[list[str], list[str], str]:
     return names, strings, " ".join(pieces)
 
 
-def _follow_names(cells: list[nbformat.NotebookNode], placed: dict[int, str]) -> dict[int, str]:
+def _follow_names(cells: list[nbformat.NotebookNode], placed: dict[int, Part]) -> dict[int, Part]:
     """``placed`` plus the code cells that read names only one part's placed cells define, until none is left.
 
     A helper that fits ``X_train_s`` (scaled in the Boston cell) is recap; one that reads ``y_train``,
@@ -361,7 +363,7 @@ def _follow_names(cells: list[nbformat.NotebookNode], placed: dict[int, str]) ->
     names = {i: _bound_and_read(c.source) for i, c in enumerate(cells) if c.cell_type == "code"}
     placed = dict(placed)
     while True:
-        owners: dict[str, set[str]] = {}
+        owners: dict[str, set[Part]] = {}
         for i, part in placed.items():
             for name in names.get(i, (set(), set()))[0]:
                 owners.setdefault(name, set()).add(part)
@@ -417,38 +419,38 @@ def _parse(source: str) -> ast.Module | None:
             return None
 
 
-def _heading_part(markdown: str) -> str | None:
+def _heading_part(markdown: str) -> Part | None:
     """The part named by the last heading of a markdown cell that names one."""
     found = [_title_part(m["text"]) for m in _HEADING.finditer(markdown)]
     return next((p for p in reversed(found) if p is not None), None)
 
 
-def _title_part(text: str) -> str | None:
+def _title_part(text: str) -> Part | None:
     """A heading's part: "Recap ..." or "Practice ..." by its first word, else the data it mentions, if only one."""
     title = _PART_TITLE.match(text)
     if title:
-        return RECAP if title["word"].lower() == "recap" else PRACTICE
+        return RECAP if title["word"].lower() == "recap" else CNN
     return _mentioned_part(text)
 
 
-def _mentioned_part(text: str) -> str | None:
-    """``recap`` for text that mentions Boston and not CIFAR or CNNs, ``practice`` for the reverse."""
+def _mentioned_part(text: str) -> Part | None:
+    """``recap`` for text that mentions Boston and not CIFAR or CNNs, ``cnn`` for the reverse."""
     boston, cifar = bool(_BOSTON_WORD.search(text)), bool(_CIFAR_WORD.search(text))
     if boston == cifar:
         return None
-    return RECAP if boston else PRACTICE
+    return RECAP if boston else CNN
 
 
-def _headings_in_force(own_heading: list[str | None], placed: dict[int, str]) -> list[str | None]:
+def _headings_in_force(own_heading: list[Part | None], placed: dict[int, Part]) -> list[Part | None]:
     """For each cell, the part of the last part heading at or above it, where that heading holds.
 
     A heading holds unless a placed code cell between it and the next part heading belongs to the other
     part. Above a first heading that says "Practice" is the recap.
     """
     starts = [(i, part) for i, part in enumerate(own_heading) if part is not None]
-    if starts and starts[0][1] == PRACTICE:
+    if starts and starts[0][1] == CNN:
         starts.insert(0, (0, RECAP))
-    in_force: list[str | None] = [None] * len(own_heading)
+    in_force: list[Part | None] = [None] * len(own_heading)
     for (start, part), end in zip(starts, [s for s, _ in starts[1:]] + [len(own_heading)]):
         if all(placed.get(j, part) == part for j in range(start, end)):
             in_force[start:end] = [part] * (end - start)

@@ -21,6 +21,7 @@ import itertools
 import nbformat
 
 from grader.judging.checks import CHECK_IDS
+from grader.records import CNN, RECAP, Part
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,10 +29,10 @@ class Spec:
     """One trained model, with the truth about it."""
 
     name: str
-    part: str  # recap | practice
+    part: Part  # recap | cnn
     code: str
     penalty: str | None  # the kernel (weight) penalty it really has: l1 | l2 | l1_l2 | None
-    cnn: bool = False  # has a convolution layer (practice only)
+    cnn: bool = False  # has a convolution layer (the cnn part only)
     sound: bool | None = True  # a properly trained answer whose test metric should pass; None: no verdict
     sparse: bool | None = None  # L1 CNNs: should its weights show L1 sparsity; None: no verdict
     leaks: bool = False  # trained on test-set rows
@@ -216,54 +217,54 @@ def _l2(s: str) -> str:
 
 RECAP_SPECS: tuple[Spec, ...] = (
     # Correct: the minimal fix, other strengths, both layers, other APIs, standardised inputs.
-    Spec("recap.l1", "recap", recap_sequential(out=_l1("1e-5")), "l1"),
-    Spec("recap.l2", "recap", recap_sequential(out=_l2("1e-5")), "l2"),
-    Spec("recap.l1_both_layers", "recap", recap_sequential(out=_l1("1e-5"), hidden=_l1("1e-5")), "l1"),
-    Spec("recap.l2_both_layers", "recap", recap_sequential(out=_l2("1e-5"), hidden=_l2("1e-5")), "l2"),
-    Spec("recap.l1_1e-3", "recap", recap_sequential(out=_l1("1e-3"), hidden=_l1("1e-3")), "l1"),
-    Spec("recap.l2_1e-3", "recap", recap_sequential(out=_l2("1e-3"), hidden=_l2("1e-3")), "l2"),
-    Spec("recap.l1_functional", "recap", RECAP_FUNCTIONAL, "l1"),
-    Spec("recap.l2_subclassed", "recap", RECAP_SUBCLASS, "l2"),
-    Spec("recap.l1_standardised", "recap", recap_sequential(out=_l1("1e-5"), scaled=True), "l1"),
-    Spec("recap.l2_standardised", "recap", recap_sequential(out=_l2("1e-5"), scaled=True), "l2"),
+    Spec("recap.l1", RECAP, recap_sequential(out=_l1("1e-5")), "l1"),
+    Spec("recap.l2", RECAP, recap_sequential(out=_l2("1e-5")), "l2"),
+    Spec("recap.l1_both_layers", RECAP, recap_sequential(out=_l1("1e-5"), hidden=_l1("1e-5")), "l1"),
+    Spec("recap.l2_both_layers", RECAP, recap_sequential(out=_l2("1e-5"), hidden=_l2("1e-5")), "l2"),
+    Spec("recap.l1_1e-3", RECAP, recap_sequential(out=_l1("1e-3"), hidden=_l1("1e-3")), "l1"),
+    Spec("recap.l2_1e-3", RECAP, recap_sequential(out=_l2("1e-3"), hidden=_l2("1e-3")), "l2"),
+    Spec("recap.l1_functional", RECAP, RECAP_FUNCTIONAL, "l1"),
+    Spec("recap.l2_subclassed", RECAP, RECAP_SUBCLASS, "l2"),
+    Spec("recap.l1_standardised", RECAP, recap_sequential(out=_l1("1e-5"), scaled=True), "l1"),
+    Spec("recap.l2_standardised", RECAP, recap_sequential(out=_l2("1e-5"), scaled=True), "l2"),
     # Wrong: the distributed activity penalty, none, bias only, far too strong, undertrained, both kinds.
-    Spec("recap.activity_l2", "recap", recap_sequential(out="tf.keras.regularizers.L2(1e-5)", where="activity"), None),
-    Spec("recap.none", "recap", recap_sequential(), None),
-    Spec("recap.bias_l1", "recap", recap_sequential(out=_l1("1e-5"), where="bias"), None),
-    Spec("recap.l1_too_strong", "recap", recap_sequential(out=_l1("100.0"), hidden=_l1("100.0")), "l1", sound=False),
-    Spec("recap.l2_too_strong", "recap", recap_sequential(out=_l2("100.0"), hidden=_l2("100.0")), "l2", sound=False),
-    Spec("recap.l1_undertrained", "recap", recap_sequential(out=_l1("1e-5"), epochs=2), "l1", sound=False, cost=0.05),
-    Spec("recap.l2_undertrained", "recap", recap_sequential(out=_l2("1e-5"), epochs=2), "l2", sound=False, cost=0.05),
-    Spec("recap.l1_l2", "recap", recap_sequential(out="tf.keras.regularizers.L1L2(l1=1e-5, l2=1e-5)"), "l1_l2"),
+    Spec("recap.activity_l2", RECAP, recap_sequential(out="tf.keras.regularizers.L2(1e-5)", where="activity"), None),
+    Spec("recap.none", RECAP, recap_sequential(), None),
+    Spec("recap.bias_l1", RECAP, recap_sequential(out=_l1("1e-5"), where="bias"), None),
+    Spec("recap.l1_too_strong", RECAP, recap_sequential(out=_l1("100.0"), hidden=_l1("100.0")), "l1", sound=False),
+    Spec("recap.l2_too_strong", RECAP, recap_sequential(out=_l2("100.0"), hidden=_l2("100.0")), "l2", sound=False),
+    Spec("recap.l1_undertrained", RECAP, recap_sequential(out=_l1("1e-5"), epochs=2), "l1", sound=False, cost=0.05),
+    Spec("recap.l2_undertrained", RECAP, recap_sequential(out=_l2("1e-5"), epochs=2), "l2", sound=False, cost=0.05),
+    Spec("recap.l1_l2", RECAP, recap_sequential(out="tf.keras.regularizers.L1L2(l1=1e-5, l2=1e-5)"), "l1_l2"),
     # Correct penalty, but trained on the test rows too: its MSE is not a fair measurement (no verdict).
-    Spec("recap.l1_leaky", "recap", recap_sequential(out=_l1("1e-5"), leak=True), "l1", sound=None, leaks=True),
+    Spec("recap.l1_leaky", RECAP, recap_sequential(out=_l1("1e-5"), leak=True), "l1", sound=None, leaks=True),
 )
 
 CNN_SPECS: tuple[Spec, ...] = (
     # Correct: the reference, other APIs and input scalings, other valid strengths, a deeper CNN.
-    Spec("cnn.l1", "practice", cnn_sequential(_l1("1e-4")), "l1", cnn=True, sparse=True),
-    Spec("cnn.l2", "practice", cnn_sequential(_l2("1e-4")), "l2", cnn=True),
-    Spec("cnn.l1_functional_rescaling", "practice", CNN_FUNCTIONAL, "l1", cnn=True, sparse=True),
-    Spec("cnn.l2_subclassed_standardised", "practice", CNN_SUBCLASS, "l2", cnn=True),
-    Spec("cnn.l1_3e-5", "practice", cnn_sequential(_l1("3e-5")), "l1", cnn=True, sparse=True),
-    Spec("cnn.l1_3e-4", "practice", cnn_sequential(_l1("3e-4")), "l1", cnn=True, sparse=True),
-    Spec("cnn.l2_3e-4", "practice", cnn_sequential(_l2("3e-4")), "l2", cnn=True),
-    Spec("cnn.l1_deeper", "practice", cnn_sequential(_l1("1e-4"), arch="task3"), "l1", cnn=True, sparse=True, cost=1.3),
-    Spec("cnn.l2_deeper", "practice", cnn_sequential(_l2("1e-4"), arch="task3"), "l2", cnn=True, cost=1.3),
+    Spec("cnn.l1", CNN, cnn_sequential(_l1("1e-4")), "l1", cnn=True, sparse=True),
+    Spec("cnn.l2", CNN, cnn_sequential(_l2("1e-4")), "l2", cnn=True),
+    Spec("cnn.l1_functional_rescaling", CNN, CNN_FUNCTIONAL, "l1", cnn=True, sparse=True),
+    Spec("cnn.l2_subclassed_standardised", CNN, CNN_SUBCLASS, "l2", cnn=True),
+    Spec("cnn.l1_3e-5", CNN, cnn_sequential(_l1("3e-5")), "l1", cnn=True, sparse=True),
+    Spec("cnn.l1_3e-4", CNN, cnn_sequential(_l1("3e-4")), "l1", cnn=True, sparse=True),
+    Spec("cnn.l2_3e-4", CNN, cnn_sequential(_l2("3e-4")), "l2", cnn=True),
+    Spec("cnn.l1_deeper", CNN, cnn_sequential(_l1("1e-4"), arch="task3"), "l1", cnn=True, sparse=True, cost=1.3),
+    Spec("cnn.l2_deeper", CNN, cnn_sequential(_l2("1e-4"), arch="task3"), "l2", cnn=True, cost=1.3),
     # Wrong: no penalty, activity or bias penalties, both kinds, an L1 too weak to do anything, far too
     # strong, undertrained, and the dense-only network.
-    Spec("cnn.none", "practice", cnn_sequential(None), None, cnn=True),
-    Spec("cnn.activity_l1", "practice", cnn_sequential(_l1("1e-4"), where="activity"), None, cnn=True),
-    Spec("cnn.bias_l1", "practice", cnn_sequential(_l1("1e-4"), where="bias"), None, cnn=True),
-    Spec("cnn.l1_l2", "practice", cnn_sequential("tf.keras.regularizers.L1L2(l1=1e-4, l2=1e-4)"), "l1_l2", cnn=True),
-    Spec("cnn.l1_1e-7", "practice", cnn_sequential(_l1("1e-7")), "l1", cnn=True, sparse=False),
+    Spec("cnn.none", CNN, cnn_sequential(None), None, cnn=True),
+    Spec("cnn.activity_l1", CNN, cnn_sequential(_l1("1e-4"), where="activity"), None, cnn=True),
+    Spec("cnn.bias_l1", CNN, cnn_sequential(_l1("1e-4"), where="bias"), None, cnn=True),
+    Spec("cnn.l1_l2", CNN, cnn_sequential("tf.keras.regularizers.L1L2(l1=1e-4, l2=1e-4)"), "l1_l2", cnn=True),
+    Spec("cnn.l1_1e-7", CNN, cnn_sequential(_l1("1e-7")), "l1", cnn=True, sparse=False),
     # Far too strong: every weight is wiped out. That is collapse, not the sparsity L1 is used for.
-    Spec("cnn.l1_too_strong", "practice", cnn_sequential(_l1("1e-1")), "l1", cnn=True, sound=False, sparse=False),
-    Spec("cnn.l2_too_strong", "practice", cnn_sequential(_l2("1.0")), "l2", cnn=True, sound=False),
-    Spec("cnn.l1_undertrained", "practice", cnn_sequential(_l1("1e-4"), epochs=1), "l1", cnn=True, sound=False, cost=0.12),
-    Spec("cnn.l2_undertrained", "practice", cnn_sequential(_l2("1e-4"), epochs=1), "l2", cnn=True, sound=False, cost=0.12),
-    Spec("cnn.l1_mlp", "practice", cnn_sequential(_l1("1e-4"), arch="mlp"), "l1", sound=False, cost=0.3),
-    Spec("cnn.l2_mlp", "practice", cnn_sequential(_l2("1e-4"), arch="mlp"), "l2", sound=False, cost=0.3),
+    Spec("cnn.l1_too_strong", CNN, cnn_sequential(_l1("1e-1")), "l1", cnn=True, sound=False, sparse=False),
+    Spec("cnn.l2_too_strong", CNN, cnn_sequential(_l2("1.0")), "l2", cnn=True, sound=False),
+    Spec("cnn.l1_undertrained", CNN, cnn_sequential(_l1("1e-4"), epochs=1), "l1", cnn=True, sound=False, cost=0.12),
+    Spec("cnn.l2_undertrained", CNN, cnn_sequential(_l2("1e-4"), epochs=1), "l2", cnn=True, sound=False, cost=0.12),
+    Spec("cnn.l1_mlp", CNN, cnn_sequential(_l1("1e-4"), arch="mlp"), "l1", sound=False, cost=0.3),
+    Spec("cnn.l2_mlp", CNN, cnn_sequential(_l2("1e-4"), arch="mlp"), "l2", sound=False, cost=0.3),
 )
 
 SPECS: dict[str, Spec] = {s.name: s for s in RECAP_SPECS + CNN_SPECS}
@@ -381,7 +382,7 @@ class Family:
 
     @property
     def cost(self) -> float:
-        return sum(SPECS[n].cost * (1.0 if SPECS[n].part == "recap" else 8.0) for n in self.cell_of if n in SPECS)
+        return sum(SPECS[n].cost * (1.0 if SPECS[n].part == RECAP else 8.0) for n in self.cell_of if n in SPECS)
 
 
 def _notebook(cells: list[nbformat.NotebookNode]) -> nbformat.NotebookNode:
@@ -412,7 +413,7 @@ def families(practice_notebooks: int = 2) -> list[Family]:
         for spec in group:
             cell_of[spec.name] = len(cells)
             cells.append(code(spec.code))
-        out.append(Family(f"practice{i + 1}", _notebook(cells), cell_of, setup=(1,)))
+        out.append(Family(f"{CNN}{i + 1}", _notebook(cells), cell_of, setup=(1,)))
     return out
 
 

@@ -33,6 +33,7 @@ import dataclasses
 import nbformat
 
 from grader.judging.checks import CHECK_IDS
+from grader.records import CNN, RECAP, Part
 from reference.corpus import CIFAR_SETUP, RECAP_SETUP
 
 TOPICS = ("rebuild", "training", "preprocessing", "integrity", "recap")
@@ -52,9 +53,9 @@ class Pattern:
     reproducible: bool = True  # the grader should recompute the metric the cell's evaluate returned
 
     @property
-    def part(self) -> str:
-        """The part of the exercise it answers: ``recap`` (Boston Housing) or ``practice`` (CIFAR-10)."""
-        return "recap" if self.dataset == "boston" else "practice"
+    def part(self) -> Part:
+        """The part of the exercise it answers: ``recap`` (Boston Housing) or ``cnn`` (CIFAR-10)."""
+        return RECAP if self.dataset == "boston" else CNN
 
     @property
     def correct(self) -> bool:
@@ -775,8 +776,7 @@ def decided(pattern: Pattern) -> tuple[str, ...]:
     passes. Nor the checks of the other part (trivially failed: no model of that part), ``recap.runs``,
     ``recap.l1_sparsity`` (informational) and ``integrity.reported_metrics``.
     """
-    prefix = "recap" if pattern.part == "recap" else "cnn"
-    return (f"{prefix}.l1_regularizer", f"{prefix}.l2_regularizer", "integrity.no_test_leakage")
+    return (f"{pattern.part}.l1_regularizer", f"{pattern.part}.l2_regularizer", "integrity.no_test_leakage")
 
 
 def expected(pattern: Pattern) -> dict[str, bool | None]:
@@ -789,8 +789,7 @@ def expected(pattern: Pattern) -> dict[str, bool | None]:
     """
     out: dict[str, bool | None] = dict.fromkeys(CHECK_IDS)
     for kind in ("l1", "l2"):
-        prefix = "recap" if pattern.part == "recap" else "cnn"
-        out[f"{prefix}.{kind}_regularizer"] = pattern.penalty == kind and (pattern.part == "recap" or pattern.cnn)
+        out[f"{pattern.part}.{kind}_regularizer"] = pattern.penalty == kind and (pattern.part == RECAP or pattern.cnn)
     out["integrity.no_test_leakage"] = not pattern.leaks
     assert {cid for cid, verdict in out.items() if verdict is not None} == set(decided(pattern))
     return out

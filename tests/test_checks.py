@@ -138,9 +138,9 @@ def cnn_model(kind: str | None, accuracy: float | None = 0.62, near_zero: float 
     return model(f"cnn_{kind}", "cifar10", cnn_layers(kind), accuracy, near_zero, **kw)
 
 
-def cells(recap: int = 3, practice: int = 3) -> list[CellOutcome]:
+def cells(recap: int = 3, cnn: int = 3) -> list[CellOutcome]:
     out = [CellOutcome(i, "ok", 0.5, "recap") for i in range(recap)]
-    return out + [CellOutcome(recap + i, "ok", 0.5, "practice") for i in range(practice)]
+    return out + [CellOutcome(recap + i, "ok", 0.5, "cnn") for i in range(cnn)]
 
 
 def evidence(**overrides: Any) -> Evidence:
@@ -156,8 +156,8 @@ def evidence(**overrides: Any) -> Evidence:
             cnn_model("l2", accuracy=0.63, near_zero=0.1),
         ],
         evaluations=[
-            EvaluationEvidence(1, "recap_l1", True, [22.4, 22.0], "mse", 22.0, None),
-            EvaluationEvidence(2, "cnn_l2", True, [1.05, 0.63], "accuracy", 0.63, None),
+            EvaluationEvidence(1, "recap_l1", True, [22.4, 22.0], "mse", 22.0),
+            EvaluationEvidence(2, "cnn_l2", True, [1.05, 0.63], "accuracy", 0.63),
         ],
         printed=["L1 model test MSE: 22.00", "L2 CNN test accuracy: 0.6300"],
         neutralised=[],
@@ -235,7 +235,7 @@ def test_recap_name_error_on_y_explains_the_case_of_y(rubric: Rubric, bounds: Bo
         CellOutcome(0, "ok", 0.1, "recap"),
         CellOutcome(1, "error", 0.1, "recap", "NameError", "name 'y' is not defined", "Traceback ..."),
         CellOutcome(2, "error", 0.1, "recap", "NameError", "name 'X_train' is not defined"),
-        CellOutcome(3, "ok", 0.1, "practice"),
+        CellOutcome(3, "ok", 0.1, "cnn"),
     ]
 
     result = verdict(evidence(cells=broken), rubric, bounds, "recap.runs")
@@ -295,7 +295,7 @@ def test_a_long_error_message_is_cut_in_the_feedback(rubric: Rubric, bounds: Bou
 
 
 def test_practice_errors_do_not_fail_the_recap(rubric: Rubric, bounds: Bounds) -> None:
-    ev = evidence(cells=[CellOutcome(0, "ok", 0.1, "recap"), CellOutcome(1, "error", 0.1, "practice", "E", "x")])
+    ev = evidence(cells=[CellOutcome(0, "ok", 0.1, "recap"), CellOutcome(1, "error", 0.1, "cnn", "E", "x")])
 
     assert verdict(ev, rubric, bounds, "recap.runs").passed
 
@@ -383,9 +383,9 @@ def test_no_boston_model_at_all_mentions_the_unmatched_data(rubric: Rubric, boun
 
 def test_no_model_found_names_the_failed_cell_and_its_keras3_fix(rubric: Rubric, bounds: Bounds) -> None:
     failing = [
-        *cells(recap=3, practice=1),
-        CellOutcome(4, "error", 0.1, "practice", "ValueError", "Argument(s) not recognized: {'lr': 0.001}"),
-        CellOutcome(5, "error", 0.1, "practice", "NameError", "name 'model_l1' is not defined"),
+        *cells(recap=3, cnn=1),
+        CellOutcome(4, "error", 0.1, "cnn", "ValueError", "Argument(s) not recognized: {'lr': 0.001}"),
+        CellOutcome(5, "error", 0.1, "cnn", "NameError", "name 'model_l1' is not defined"),
     ]
     ev = evidence(cells=failing, models=evidence().models[:2])
 
@@ -566,7 +566,7 @@ def test_training_on_test_rows_fails_the_leakage_check(rubric: Rubric, bounds: B
 
 
 def test_evaluate_result_far_from_the_recomputed_metric_fails_reported_metrics(rubric: Rubric, bounds: Bounds) -> None:
-    forged = EvaluationEvidence(7, "cnn_l1", True, [0.3, 0.99], "accuracy", 0.62, None)
+    forged = EvaluationEvidence(7, "cnn_l1", True, [0.3, 0.99], "accuracy", 0.62)
     ev = evidence(evaluations=[forged], printed=[])
 
     result = verdict(ev, rubric, bounds, "integrity.reported_metrics")
@@ -577,7 +577,7 @@ def test_evaluate_result_far_from_the_recomputed_metric_fails_reported_metrics(r
 
 
 def test_evaluate_calls_not_on_the_test_set_are_not_compared(rubric: Rubric, bounds: Bounds) -> None:
-    on_train = EvaluationEvidence(7, "cnn_l1", False, [0.3, 0.99], "accuracy", None, None)
+    on_train = EvaluationEvidence(7, "cnn_l1", False, [0.3, 0.99], "accuracy", None)
 
     result = verdict(evidence(evaluations=[on_train], printed=[]), rubric, bounds, "integrity.reported_metrics")
 
@@ -616,7 +616,7 @@ def test_correct_printed_metrics_in_common_formats_are_not_flagged(rubric: Rubri
 
 
 def cnn_evaluation(returned: list[float], names: list[str], recomputed: float = 0.63) -> EvaluationEvidence:
-    return EvaluationEvidence(9, "cnn_l2", True, returned, "accuracy", recomputed, None, returned_names=names)
+    return EvaluationEvidence(9, "cnn_l2", True, returned, "accuracy", recomputed, returned_names=names)
 
 
 def with_history(history: dict[str, list[float]]) -> list[ModelEvidence]:
@@ -645,6 +645,18 @@ def test_evidence_saved_before_returned_names_loads_and_skips_a_lone_loss(rubric
     loaded = from_jsonable(Evidence, data)
 
     assert loaded.evaluations[0].returned_names == []
+    assert verdict(loaded, rubric, bounds, "integrity.reported_metrics").passed
+
+
+def test_evidence_saved_with_fields_since_removed_loads(rubric: Rubric, bounds: Bounds) -> None:
+    """Evidence written when evaluations still had a ``penalty`` field (always null) loads without it."""
+    data = to_jsonable(evidence())
+    for e in data["evaluations"]:
+        e["penalty"] = None
+
+    loaded = from_jsonable(Evidence, data)
+
+    assert loaded == evidence(models=loaded.models)
     assert verdict(loaded, rubric, bounds, "integrity.reported_metrics").passed
 
 
@@ -685,7 +697,7 @@ def test_a_metric_of_another_kind_is_not_compared_with_the_mse(
 ) -> None:
     models = evidence().models
     recap = dataclasses.replace(models[0], history=history)
-    mae_only = EvaluationEvidence(4, "recap_l1", True, [30.0, 4.1], "mse", 22.0, None, returned_names=names)
+    mae_only = EvaluationEvidence(4, "recap_l1", True, [30.0, 4.1], "mse", 22.0, returned_names=names)
     ev = evidence(models=[recap, *models[1:]], evaluations=[mae_only], printed=[])
 
     result = verdict(ev, rubric, bounds, "integrity.reported_metrics")
@@ -755,8 +767,8 @@ def test_the_fake_metrics_sample_is_still_caught(rubric: Rubric, bounds: Bounds)
     ev = evidence(
         models=recap + cnns,
         evaluations=[
-            EvaluationEvidence(1, "recap_l1", True, [22.01, 22.0], "mse", 22.0, None, ["loss", "compile_metrics"]),
-            EvaluationEvidence(2, "recap_l2", True, [21.02, 21.0], "mse", 21.0, None, ["loss", "compile_metrics"]),
+            EvaluationEvidence(1, "recap_l1", True, [22.01, 22.0], "mse", 22.0, ["loss", "compile_metrics"]),
+            EvaluationEvidence(2, "recap_l2", True, [21.02, 21.0], "mse", 21.0, ["loss", "compile_metrics"]),
         ],
         printed=[
             "Epoch 100/100",

@@ -29,15 +29,7 @@ from grader.evaluator.custody import Custody  # noqa: E402
 from grader.grade import Grader
 from grader.settings import GradingConfig  # noqa: E402
 from grader.records import ArrayFingerprint, FitRecord, to_jsonable  # noqa: E402
-
-
-def save_dense(path: Path, value: float) -> None:
-    """A one-layer model whose kernel is all ``value`` (0.0: every weight near zero)."""
-    inputs = keras.Input((4,))
-    dense = keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant(value))
-    model = keras.Model(inputs, dense(inputs))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
+from builders import save_dense  # noqa: E402
 
 
 def record(job_dir: Path, index: int, artifact: str | None, *, model_key: str = "model1", facts_file: str | None = None) -> FitRecord:
@@ -52,18 +44,6 @@ def record(job_dir: Path, index: int, artifact: str | None, *, model_key: str = 
     with open(job_dir / "artifacts" / "records.jsonl", "a", encoding="utf-8") as fh:
         fh.write(json.dumps({"type": "fit", **to_jsonable(fit)}) + "\n")
     return fit
-
-
-@pytest.fixture
-def grader(tmp_path: Path) -> Grader:
-    return Grader(GradingConfig(grades_dir=tmp_path / "grades", profile="tiny", cache_dir=tmp_path / "cache"))
-
-
-@pytest.fixture
-def job_dir(tmp_path: Path) -> Path:
-    job = tmp_path / "grades" / ".jobs" / "student"
-    (job / "artifacts" / "models").mkdir(parents=True)
-    return job
 
 
 def test_the_custody_folder_lies_beside_the_job_dir_and_starts_empty(job_dir: Path) -> None:

@@ -21,29 +21,8 @@ keras = pytest.importorskip("keras")
 
 from grader.evaluator import evaluate# noqa: E402
 from grader.grade import Grader
-from grader.settings import GradingConfig  # noqa: E402
+from builders import save_dense  # noqa: E402
 from grader.records import ModelFacts  # noqa: E402
-
-
-def save_dense(path: Path, value: float) -> None:
-    """A one-layer model whose kernel is all ``value`` (0.0: every weight near zero)."""
-    inputs = keras.Input((4,))
-    dense = keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant(value))
-    model = keras.Model(inputs, dense(inputs))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
-
-
-@pytest.fixture
-def grader(tmp_path: Path) -> Grader:
-    return Grader(GradingConfig(grades_dir=tmp_path / "grades", profile="tiny", cache_dir=tmp_path / "cache"))
-
-
-@pytest.fixture
-def job_dir(tmp_path: Path) -> Path:
-    job = tmp_path / "grades" / ".jobs" / "student"
-    (job / "artifacts" / "models").mkdir(parents=True)
-    return job
 
 
 def request(job_dir: Path, name: str = "fit001.keras") -> dict[str, Any]:

@@ -143,7 +143,7 @@ def evidence(with_cnn_l2: bool = True, cnn_l1_acc: float = 0.41, cnn_l1_secs: fl
             + "".join(f"  frame {i}: a long line {'x' * 200}\n" for i in range(60))
             + "NameError: name 'y' is not defined",
         ),
-        CellOutcome(2, "ok", 30.0, "practice"),
+        CellOutcome(2, "ok", 30.0, "cnn"),
     ]
     return Evidence(
         status="completed",

@@ -10,8 +10,8 @@ import stat
 import zipfile
 from pathlib import Path
 
-import nbformat
 import pytest
+from builders import make_zip, notebook_bytes
 
 from grader.lms import (
     DEFAULT_COLUMN,
@@ -25,19 +25,6 @@ from grader.lms import (
     write_canvas_roster,
 )
 from grader.submissions import Submission
-
-
-def notebook_bytes(source: str = "x = 1") -> bytes:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source)]
-    return nbformat.writes(nb).encode()
-
-
-def make_zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return path
 
 
 def by_key(subs: list[Submission] | tuple[Submission, ...]) -> dict[str, Submission]:

@@ -7,27 +7,13 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
-import nbformat
 import pytest
+from builders import make_zip, notebook_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIONS = ["--profile", "tiny", "--cell-timeout", "30", "--notebook-timeout", "120", "-q", "-p", "no:randomly"]
-
-
-def _notebook(source: str) -> bytes:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source)]
-    return nbformat.writes(nb).encode()
-
-
-def _zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return path
 
 
 def _grade(submissions: Path, grades: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -50,10 +36,10 @@ ROSTER = (
 @pytest.fixture(scope="module")
 def canvas_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
     tmp = tmp_path_factory.mktemp("canvas")
-    archive = _zip(tmp / "submissions.zip", {
-        "doejane_12345_67890_hw.ipynb": _notebook("print('first try')"),
-        "doejane_12345_67891_hw-1.ipynb": _notebook("print('second try')"),
-        "roejohn_LATE_23456_67900_L1L2_exercise.ipynb": _notebook("print('late')"),
+    archive = make_zip(tmp / "submissions.zip", {
+        "doejane_12345_67890_hw.ipynb": notebook_bytes("print('first try')"),
+        "doejane_12345_67891_hw-1.ipynb": notebook_bytes("print('second try')"),
+        "roejohn_LATE_23456_67900_L1L2_exercise.ipynb": notebook_bytes("print('late')"),
         "smithsam_34567_67910_report.pdf": b"%PDF-1.4",
     })
     roster = tmp / "gradebook_export.csv"
@@ -110,10 +96,10 @@ submission_1002:
 
 
 def test_a_gradescope_export_is_graded_one_row_per_submission_with_its_submitters(tmp_path: Path) -> None:
-    archive = _zip(tmp_path / "export.zip", {
+    archive = make_zip(tmp_path / "export.zip", {
         "assignment_77_export/submission_metadata.yml": GRADESCOPE_METADATA.encode(),
-        "assignment_77_export/submission_1001/L1L2.ipynb": _notebook("print(1)"),
-        "assignment_77_export/submission_1002/L1L2.ipynb": _notebook("print(2)"),
+        "assignment_77_export/submission_1001/L1L2.ipynb": notebook_bytes("print(1)"),
+        "assignment_77_export/submission_1002/L1L2.ipynb": notebook_bytes("print(2)"),
     })
     proc = _grade(archive, tmp_path / "grades")
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]

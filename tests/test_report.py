@@ -238,10 +238,10 @@ def nested_evidence() -> Evidence:
         reason="",
         cells=[
             CellOutcome(0, "ok", 1.5, "recap", neutralised=["!pip install x"]),
-            CellOutcome(1, "error", 0.5, "practice", "NameError", "name 'y'"),
+            CellOutcome(1, "error", 0.5, "cnn", "NameError", "name 'y'"),
         ],
         models=[model, unloaded],
-        evaluations=[EvaluationEvidence(1, "model1", True, [1.1, 0.625], "accuracy", 0.625, None)],
+        evaluations=[EvaluationEvidence(1, "model1", True, [1.1, 0.625], "accuracy", 0.625)],
         printed=["Test accuracy: 0.625"],
         neutralised=["!pip install x"],
         timings={"execute": 12.0},

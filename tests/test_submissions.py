@@ -402,13 +402,13 @@ def test_cells_above_the_practice_heading_are_recap_and_below_are_practice() -> 
         code("cnn.fit(x_train, y_train)"),
     )
 
-    assert cell_parts(nb) == ["recap", "recap", "recap", "practice", "practice", "practice"]
+    assert cell_parts(nb) == ["recap", "recap", "recap", "cnn", "cnn", "cnn"]
 
 
 def test_practice_heading_is_case_insensitive_and_any_level() -> None:
     nb = notebook(code("a = 1"), markdown("### PRACTICE: CNN with L1"), code("b = 2"))
 
-    assert cell_parts(nb) == ["recap", "practice", "practice"]
+    assert cell_parts(nb) == ["recap", "cnn", "cnn"]
 
 
 def test_practice_in_a_code_comment_or_plain_text_is_not_the_heading() -> None:
@@ -418,7 +418,7 @@ def test_practice_in_a_code_comment_or_plain_text_is_not_the_heading() -> None:
         code("y = 2"),
     )
 
-    assert cell_parts(nb) == ["recap", "practice", "recap"]
+    assert cell_parts(nb) == ["recap", "cnn", "recap"]
 
 
 def test_without_a_practice_heading_boston_and_cifar_mentions_decide() -> None:
@@ -429,7 +429,7 @@ def test_without_a_practice_heading_boston_and_cifar_mentions_decide() -> None:
         markdown("## Boston housing"),
     )
 
-    assert cell_parts(nb) == ["recap", "practice", "practice", "recap"]
+    assert cell_parts(nb) == ["recap", "cnn", "cnn", "recap"]
 
 
 BOSTON_CELL = """import pandas as pd
@@ -446,11 +446,11 @@ CIFAR_CELL = "(x_train, y_train), (x_test, y_test) = tf.keras.datasets.cifar10.l
         (BOSTON_CELL, "recap"),
         ("from sklearn.datasets import load_boston\nhouses = load_boston()", "recap"),
         ("prices = pd.read_csv('data/BostonHousing.csv')['medv']", "recap"),
-        (CIFAR_CELL, "practice"),
-        ("images = tfds.load('cifar10', split='train')", "practice"),
-        ("net = Sequential([Conv2D(16, 3, activation='relu'), MaxPooling2D()])", "practice"),
-        ("inputs = keras.Input(shape=(32, 32, 3))", "practice"),
-        ("x = x.reshape(-1, 32, 32, 3)", "practice"),
+        (CIFAR_CELL, "cnn"),
+        ("images = tfds.load('cifar10', split='train')", "cnn"),
+        ("net = Sequential([Conv2D(16, 3, activation='relu'), MaxPooling2D()])", "cnn"),
+        ("inputs = keras.Input(shape=(32, 32, 3))", "cnn"),
+        ("x = x.reshape(-1, 32, 32, 3)", "cnn"),
         ("# Load the Boston data, then the CIFAR-10 images\nprint('Boston results below')\nscore = 1", "other"),
     ],
 )
@@ -469,7 +469,7 @@ def test_a_practice_heading_above_the_recap_code_does_not_make_it_practice() -> 
         code("cnn.fit(x_train, y_train, epochs=2)"),
     )
 
-    assert cell_parts(nb) == ["recap", "recap", "recap", "recap", "practice", "practice", "practice"]
+    assert cell_parts(nb) == ["recap", "recap", "recap", "recap", "cnn", "cnn", "cnn"]
 
 
 def test_a_practice_heading_places_the_cells_whose_code_says_nothing() -> None:
@@ -480,7 +480,7 @@ def test_a_practice_heading_places_the_cells_whose_code_says_nothing() -> None:
         code("# Build the model\n# Use L1 regularization\n...\n\n# Train the model\n..."),
     )
 
-    assert cell_parts(nb) == ["recap", "recap", "practice", "practice"]
+    assert cell_parts(nb) == ["recap", "recap", "cnn", "cnn"]
 
 
 def test_cells_without_data_follow_the_part_they_serve() -> None:
@@ -493,7 +493,7 @@ def test_cells_without_data_follow_the_part_they_serve() -> None:
         code("plt.show()"),
     )
 
-    assert cell_parts(nb) == ["recap", "recap", "practice", "practice", "practice", "practice"]
+    assert cell_parts(nb) == ["recap", "recap", "cnn", "cnn", "cnn", "cnn"]
 
 
 def test_a_cell_that_uses_names_only_the_boston_code_defines_is_recap() -> None:
@@ -506,7 +506,7 @@ def test_a_cell_that_uses_names_only_the_boston_code_defines_is_recap() -> None:
         code("print(y_train.shape)"),
     )
 
-    assert cell_parts(nb) == ["recap", "recap", "recap", "recap", "practice", "practice"]
+    assert cell_parts(nb) == ["recap", "recap", "recap", "recap", "cnn", "cnn"]
 
 
 def test_notebook_without_headings_is_split_by_its_data() -> None:
@@ -517,7 +517,7 @@ def test_notebook_without_headings_is_split_by_its_data() -> None:
         code("mse = model.evaluate(X_test, y_test)"),
     )
 
-    assert cell_parts(nb) == ["practice", "practice", "recap", "recap"]
+    assert cell_parts(nb) == ["cnn", "cnn", "recap", "recap"]
 
 
 def test_parts_in_the_other_order_are_placed_by_their_code() -> None:
@@ -529,7 +529,7 @@ def test_parts_in_the_other_order_are_placed_by_their_code() -> None:
         code("..."),
     )
 
-    assert cell_parts(nb) == ["practice", "practice", "recap", "recap", "recap"]
+    assert cell_parts(nb) == ["cnn", "cnn", "recap", "recap", "recap"]
 
 
 def test_a_duplicated_practice_heading_holds_only_where_the_code_agrees() -> None:
@@ -541,7 +541,7 @@ def test_a_duplicated_practice_heading_holds_only_where_the_code_agrees() -> Non
         code("# Build the model\n..."),
     )
 
-    assert cell_parts(nb) == ["recap", "recap", "recap", "practice", "practice"]
+    assert cell_parts(nb) == ["recap", "recap", "recap", "cnn", "cnn"]
 
 
 def test_a_shared_imports_cell_at_the_top_goes_with_the_part_below_it() -> None:
@@ -554,7 +554,7 @@ def test_a_shared_imports_cell_at_the_top_goes_with_the_part_below_it() -> None:
         code(CIFAR_CELL),
     )
 
-    assert cell_parts(nb) == ["recap", "recap", "recap", "recap", "practice", "practice"]
+    assert cell_parts(nb) == ["recap", "recap", "recap", "recap", "cnn", "cnn"]
 
 
 def test_a_notebook_without_data_or_part_headings_is_all_other() -> None:
@@ -575,8 +575,8 @@ UNMARKED = (
 def test_a_cell_that_trained_on_boston_is_recap_whatever_its_heading() -> None:
     nb = notebook(*UNMARKED)
 
-    assert cell_parts(nb) == ["practice"] * 4
-    assert refine_parts(nb, [(1, "boston"), (3, "cifar10")]) == ["recap", "recap", "recap", "practice"]
+    assert cell_parts(nb) == ["cnn"] * 4
+    assert refine_parts(nb, [(1, "boston"), (3, "cifar10")]) == ["recap", "recap", "recap", "cnn"]
 
 
 def test_a_cell_that_trained_on_cifar10_is_practice_whatever_its_heading() -> None:
@@ -588,8 +588,8 @@ def test_a_cell_that_trained_on_cifar10_is_practice_whatever_its_heading() -> No
         code("..."),
     )
 
-    assert cell_parts(nb) == ["recap", "recap", "recap", "practice", "practice"]
-    assert refine_parts(nb, [(1, "boston"), (2, "cifar10")]) == ["recap", "recap", "practice", "practice", "practice"]
+    assert cell_parts(nb) == ["recap", "recap", "recap", "cnn", "cnn"]
+    assert refine_parts(nb, [(1, "boston"), (2, "cifar10")]) == ["recap", "recap", "cnn", "cnn", "cnn"]
 
 
 def test_cells_between_training_cells_follow_them() -> None:
@@ -601,14 +601,14 @@ def test_cells_between_training_cells_follow_them() -> None:
         code("plot(net)"),
     )
 
-    assert refine_parts(nb, [(1, "boston"), (3, "cifar10")]) == ["recap", "recap", "practice", "practice", "practice"]
+    assert refine_parts(nb, [(1, "boston"), (3, "cifar10")]) == ["recap", "recap", "cnn", "cnn", "cnn"]
 
 
 @pytest.mark.parametrize("trained", [[(0, "cifar10"), (0, "boston")], [(0, "boston"), (0, "cifar10")]])
 def test_a_cell_that_trained_on_both_datasets_is_recap(trained: list[tuple[int | None, str]]) -> None:
     nb = notebook(code("fit_everything()"), markdown("## Practice"), code("..."))
 
-    assert refine_parts(nb, trained) == ["recap", "practice", "practice"]
+    assert refine_parts(nb, trained) == ["recap", "cnn", "cnn"]
 
 
 def test_fits_of_unknown_data_or_of_no_known_cell_change_nothing() -> None:
@@ -621,7 +621,7 @@ def test_fits_of_unknown_data_or_of_no_known_cell_change_nothing() -> None:
 def test_a_heading_without_a_space_after_the_hashes_still_counts() -> None:
     nb = notebook(code("a = 1"), markdown("#Practice"), code("b = 2"))
 
-    assert cell_parts(nb) == ["recap", "practice", "practice"]
+    assert cell_parts(nb) == ["recap", "cnn", "cnn"]
 
 
 def test_code_too_deeply_nested_to_parse_is_placed_without_error() -> None:

@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from grader.judging.hints import keras3_hint
-from grader.records import CellOutcome, CheckResult, EvaluationEvidence, Evidence, LayerFacts, ModelEvidence
+from grader.records import (
+    CNN,
+    RECAP,
+    CellOutcome,
+    CheckResult,
+    EvaluationEvidence,
+    Evidence,
+    LayerFacts,
+    ModelEvidence,
+    Part,
+)
 
 RUBRIC_PATH = Path(__file__).with_name("rubric.toml")
 CHECK_IDS = (
@@ -35,6 +45,8 @@ CHECK_IDS = (
 )
 VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")  # Gradescope's test visibility
 KIND_NAME = {"l1": "L1", "l2": "L2", "l1_l2": "L1L2 (both L1 and L2)", "other": "a custom"}
+# What the messages call each part's cells, in the exercise's words.
+PART_WORD = {RECAP: "recap", CNN: "practice"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +276,7 @@ def _result(spec: CheckSpec, passed: bool, message: str, **details: Any) -> Chec
 
 
 def check_runs(ev: Evidence, spec: CheckSpec) -> CheckResult:
-    recap = [c for c in ev.cells if c.part == "recap"]
+    recap = [c for c in ev.cells if c.part == RECAP]
     if not recap:
         return _result(spec, False, "No recap code cells were found (the code above the 'Practice' heading).")
     bad = [c for c in recap if c.status != "ok"]
@@ -304,11 +316,11 @@ def describe_failure(cell: CellOutcome) -> str:
     return f"code cell {cell.index} failed with {cell.error_name}" + (f": {value}" if value else "")
 
 
-def _regularizer_check(ev: Evidence, spec: CheckSpec, part: str, kind: str) -> CheckResult:
+def _regularizer_check(ev: Evidence, spec: CheckSpec, part: Part, kind: str) -> CheckResult:
     upper = KIND_NAME[kind]
     other = "L2" if kind == "l1" else "L1"
     reg_fn = f"tf.keras.regularizers.{upper}(...)"
-    if part == "recap":
+    if part == RECAP:
         models, what = recap_models(ev), "on the Boston Housing features"
         all_models = models
     else:
@@ -325,7 +337,7 @@ def _regularizer_check(ev: Evidence, spec: CheckSpec, part: str, kind: str) -> C
             fit_index=chosen.fit_index,
         )
     if not all_models:
-        data = "the Boston Housing data" if part == "recap" else "CIFAR-10"
+        data = "the Boston Housing data" if part == RECAP else "CIFAR-10"
         unknown = [m for m in ev.models if m.dataset == "unknown"]
         extra = (
             f" {len(unknown)} model(s) were trained on data the grader could not match to {data}"
@@ -344,8 +356,8 @@ def _regularizer_check(ev: Evidence, spec: CheckSpec, part: str, kind: str) -> C
             fix = keras3_hint(failed[0].error_name, failed[0].error_value) or (
                 "Fix that error so that the cell that trains the model runs."
             )
-            more = f" ({len(failed) - 1} later {part} cell(s) failed too)" if len(failed) > 1 else ""
-            advice = f"Your {part} {describe_failure(failed[0])}{more}. {fix}"
+            more = f" ({len(failed) - 1} later {PART_WORD[part]} cell(s) failed too)" if len(failed) > 1 else ""
+            advice = f"Your {PART_WORD[part]} {describe_failure(failed[0])}{more}. {fix}"
         else:
             advice = "Make sure the cell that trains it runs without error."
         return _result(
@@ -366,7 +378,7 @@ def _regularizer_check(ev: Evidence, spec: CheckSpec, part: str, kind: str) -> C
         )
     if any(kind in kernel_kinds(m) or "l1_l2" in kernel_kinds(m) for m in all_models if not qualifies(m, kind)):
         hints.append(f"A model with both {upper} and {other} weight penalties counts as neither; give each model one kind.")
-    if part == "practice" and models == [] and all_models:
+    if part == CNN and models == [] and all_models:
         hints.append(
             "None of your CIFAR-10 models has a convolution layer: the practice asks to retrain the CNN "
             "(Conv2D -> MaxPooling2D -> Flatten -> Dense -> Dense) with regularization, not the dense-only network."
@@ -390,15 +402,15 @@ def _regularizer_check(ev: Evidence, spec: CheckSpec, part: str, kind: str) -> C
     )
 
 
-def _metric_check(ev: Evidence, spec: CheckSpec, part: str, kind: str, bounds: Bounds) -> CheckResult:
+def _metric_check(ev: Evidence, spec: CheckSpec, part: Part, kind: str, bounds: Bounds) -> CheckResult:
     upper = KIND_NAME[kind]
-    models = recap_models(ev) if part == "recap" else cnn_models(ev)
+    models = recap_models(ev) if part == RECAP else cnn_models(ev)
     chosen = pick(models, kind)
-    name = "test MSE" if part == "recap" else "test accuracy"
-    label = "recap" if part == "recap" else "CNN"
+    name = "test MSE" if part == RECAP else "test accuracy"
+    label = "recap" if part == RECAP else "CNN"
     if chosen is None:
         return _result(
-            spec, False, f"There is no {upper} {label} model to score (see the {part if part == 'recap' else 'cnn'}.{kind}_regularizer check)."
+            spec, False, f"There is no {upper} {label} model to score (see the {part}.{kind}_regularizer check)."
         )
     if chosen.metric is None:
         return _result(
@@ -407,7 +419,7 @@ def _metric_check(ev: Evidence, spec: CheckSpec, part: str, kind: str, bounds: B
             f"The grader could not recompute the {name} of your {upper} {label} model: {chosen.metric_error}",
             model=chosen.key,
         )
-    if part == "recap":
+    if part == RECAP:
         bound = bounds.recap_mse_max[kind]
         ref = bounds.reference.get("recap.mse", {})
         ok = chosen.metric <= bound
@@ -448,10 +460,10 @@ def _sparsity_value(m: ModelEvidence, threshold: str) -> float | None:
 COLLAPSED_SHARE = 0.99
 
 
-def _sparsity_check(ev: Evidence, spec: CheckSpec, part: str, bounds: Bounds) -> CheckResult:
-    models = recap_models(ev) if part == "recap" else cnn_models(ev)
+def _sparsity_check(ev: Evidence, spec: CheckSpec, part: Part, bounds: Bounds) -> CheckResult:
+    models = recap_models(ev) if part == RECAP else cnn_models(ev)
     chosen = pick(models, "l1")
-    label = "recap" if part == "recap" else "CNN"
+    label = "recap" if part == RECAP else "CNN"
     thr = bounds.threshold
     if chosen is None:
         return _result(spec, False, f"There is no L1 {label} model to measure (see the L1 regularizer check).")
@@ -464,7 +476,7 @@ def _sparsity_check(ev: Evidence, spec: CheckSpec, part: str, bounds: Bounds) ->
         f"{float(thr):g} in magnitude as 'near zero'."
     )
     details: dict[str, Any] = {"value": value, "model": chosen.key}
-    if part == "recap":
+    if part == RECAP:
         floor = bounds.recap_l1_near_zero_min
         ref = bounds.reference.get(f"recap.l1_near_zero:{thr}", {})
         ok = value >= floor and value > 0  # a floor at 0 would let any model pass
@@ -735,16 +747,16 @@ def check_leakage(ev: Evidence, spec: CheckSpec) -> CheckResult:
 def run_checks(ev: Evidence, rubric: Rubric, bounds: Bounds) -> list[CheckResult]:
     table: dict[str, Callable[[CheckSpec], CheckResult]] = {
         "recap.runs": lambda s: check_runs(ev, s),
-        "recap.l1_regularizer": lambda s: _regularizer_check(ev, s, "recap", "l1"),
-        "recap.l2_regularizer": lambda s: _regularizer_check(ev, s, "recap", "l2"),
-        "recap.l1_mse": lambda s: _metric_check(ev, s, "recap", "l1", bounds),
-        "recap.l2_mse": lambda s: _metric_check(ev, s, "recap", "l2", bounds),
-        "recap.l1_sparsity": lambda s: _sparsity_check(ev, s, "recap", bounds),
-        "cnn.l1_regularizer": lambda s: _regularizer_check(ev, s, "practice", "l1"),
-        "cnn.l2_regularizer": lambda s: _regularizer_check(ev, s, "practice", "l2"),
-        "cnn.l1_accuracy": lambda s: _metric_check(ev, s, "practice", "l1", bounds),
-        "cnn.l2_accuracy": lambda s: _metric_check(ev, s, "practice", "l2", bounds),
-        "cnn.l1_sparsity": lambda s: _sparsity_check(ev, s, "practice", bounds),
+        "recap.l1_regularizer": lambda s: _regularizer_check(ev, s, RECAP, "l1"),
+        "recap.l2_regularizer": lambda s: _regularizer_check(ev, s, RECAP, "l2"),
+        "recap.l1_mse": lambda s: _metric_check(ev, s, RECAP, "l1", bounds),
+        "recap.l2_mse": lambda s: _metric_check(ev, s, RECAP, "l2", bounds),
+        "recap.l1_sparsity": lambda s: _sparsity_check(ev, s, RECAP, bounds),
+        "cnn.l1_regularizer": lambda s: _regularizer_check(ev, s, CNN, "l1"),
+        "cnn.l2_regularizer": lambda s: _regularizer_check(ev, s, CNN, "l2"),
+        "cnn.l1_accuracy": lambda s: _metric_check(ev, s, CNN, "l1", bounds),
+        "cnn.l2_accuracy": lambda s: _metric_check(ev, s, CNN, "l2", bounds),
+        "cnn.l1_sparsity": lambda s: _sparsity_check(ev, s, CNN, bounds),
         "integrity.reported_metrics": lambda s: check_reported(ev, s),
         "integrity.no_test_leakage": lambda s: check_leakage(ev, s),
     }
