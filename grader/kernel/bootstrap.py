@@ -42,8 +42,7 @@ def channel_stats(cols: Any, block_values: int = 1 << 16) -> list[dict[str, floa
     float64 buffer laid out so that every reduction runs along contiguous memory (columns first when
     there are few of them, as for the 3 channels of images). Blocks are combined with Chan et al.'s
     pairwise update of the mean and the sum of squared deviations, which keeps the precision of a
-    two-pass computation. Converting each strided column to float64 and reducing it four times took
-    about three times as long for 50,000 CIFAR-10 images, with a column-sized copy each time.
+    two-pass computation.
     """
     import numpy as np
 

@@ -160,7 +160,7 @@ def _failed_cells(cells: list[CellOutcome]) -> list[dict[str, Any]]:
         out.append(
             {
                 "index": c.index,
-                "part": c.part,
+                "part": checks.PART_WORD.get(c.part, c.part),  # the exercise's word: "recap", "practice"
                 "status": c.status,
                 "error": f"{c.error_name}: {c.error_value}" if c.error_name else (c.error_value or c.status),
                 "traceback": trim_traceback(c.traceback, lines=TRACEBACK_LINES, chars=TRACEBACK_CHARS),
