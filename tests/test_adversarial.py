@@ -816,7 +816,7 @@ def test_writes_outside_the_job_dir_fail_or_stay_in_the_sandbox(run: Run) -> Non
 
 
 def test_the_kernel_environment_holds_none_of_the_graders_variables(run: Run) -> None:
-    from grader.runner.execute import _kernel_env
+    from grader.runner.__main__ import _kernel_env
 
     text = output(run, "environment_is_scrubbed", "env")
     kernel_env = json.loads(text.split("ENV ", 1)[1].splitlines()[0])

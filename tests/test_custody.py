@@ -23,7 +23,8 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from grader.evaluator import custody as custody_module# noqa: E402
-from grader.evaluator import evaluate# noqa: E402
+from grader.evaluator import protocol  # noqa: E402
+from grader.evaluator.__main__ import _private_copy  # noqa: E402
 from grader.runner import sandbox
 from grader.evaluator.custody import Custody  # noqa: E402
 from grader.grade import Grader
@@ -113,7 +114,7 @@ def test_the_custody_thread_takes_each_model_while_the_notebook_runs(
     try:
         artifact = job_dir / "artifacts" / "models" / "fit001.keras"
         save_dense(artifact, 0.0)
-        trained = evaluate.artifact_digest(artifact)
+        trained = protocol.artifact_digest(artifact)
         record(job_dir, 1, "models/fit001.keras")
         deadline = time.monotonic() + 10
         while not custody.taken() and time.monotonic() < deadline:
@@ -125,8 +126,8 @@ def test_the_custody_thread_takes_each_model_while_the_notebook_runs(
 
     (taken,) = custody.taken()
     assert not taken.after_run and taken.refused == ""
-    assert taken.artifact is not None and evaluate.artifact_digest(Path(taken.artifact)) == trained
-    assert taken.digest == evaluate.request_digest({"artifact": taken.artifact})
+    assert taken.artifact is not None and protocol.artifact_digest(Path(taken.artifact)) == trained
+    assert taken.digest == protocol.request_digest({"artifact": taken.artifact})
     manifest = json.loads((custody.folder / custody_module.MANIFEST).read_text())
     assert [t["digest"] for t in manifest["taken"]] == [taken.digest]
 
@@ -212,7 +213,7 @@ def folder_holding_a_link(models: Path) -> None:
 def test_a_link_a_fifo_or_an_oversized_model_is_refused_with_the_reason(
     grader: Grader, job_dir: Path, monkeypatch: pytest.MonkeyPatch, make: Callable[[Path], None], reason: str
 ) -> None:
-    monkeypatch.setattr(evaluate, "MAX_MODEL_BYTES", 4096)
+    monkeypatch.setattr(protocol, "MAX_MODEL_BYTES", 4096)
     models = job_dir / "artifacts" / "models"
     (models / "real.keras").write_bytes(b"PK")
     make(models)
@@ -227,7 +228,7 @@ def test_a_link_a_fifo_or_an_oversized_model_is_refused_with_the_reason(
     assert reason in request["refused"] and request["artifact"] is None
     assert [p.name for p in custody.folder.iterdir()] == [custody_module.MANIFEST]  # nothing of it kept
     with pytest.raises(ValueError, match=reason):  # the evaluator answers with it as the model's load error
-        evaluate._private_copy(request, job_dir / "work")
+        _private_copy(request, job_dir / "work")
 
 
 def test_a_path_through_a_linked_folder_is_refused(job_dir: Path) -> None:
@@ -260,7 +261,7 @@ def test_a_custody_copy_changed_after_it_was_taken_is_refused_by_the_evaluator(g
     work.mkdir()
 
     with pytest.raises(ValueError, match="changed after it was taken"):
-        evaluate._private_copy(request, work)
+        _private_copy(request, work)
 
 
 @pytest.mark.parametrize("where", ["in the grades dir", "elsewhere"])

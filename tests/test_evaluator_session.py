@@ -19,7 +19,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from grader.evaluator import evaluate# noqa: E402
+from grader.evaluator import evaluate, protocol  # noqa: E402
 from grader.grade import Grader
 from builders import save_dense  # noqa: E402
 from grader.records import ModelFacts  # noqa: E402
@@ -113,18 +113,18 @@ def test_a_fifo_or_symbolic_link_in_place_of_a_model_is_refused_without_stalling
 def test_artifact_digest_changes_with_the_bytes_and_is_empty_for_links(tmp_path: Path) -> None:
     model = tmp_path / "m.keras"
     model.write_bytes(b"one")
-    first = evaluate.artifact_digest(model)
+    first = protocol.artifact_digest(model)
     model.write_bytes(b"two")
     (tmp_path / "link.keras").symlink_to(model)
     folder = tmp_path / "saved"
     (folder / "variables").mkdir(parents=True)
     (folder / "variables" / "v.data").write_bytes(np.arange(3).tobytes())
 
-    assert first and evaluate.artifact_digest(model) not in ("", first)
-    assert evaluate.artifact_digest(tmp_path / "link.keras") == ""
-    assert evaluate.artifact_digest(folder) != ""
+    assert first and protocol.artifact_digest(model) not in ("", first)
+    assert protocol.artifact_digest(tmp_path / "link.keras") == ""
+    assert protocol.artifact_digest(folder) != ""
     (folder / "variables" / "alias").symlink_to(folder / "variables" / "v.data")
-    assert evaluate.artifact_digest(folder) == ""
+    assert protocol.artifact_digest(folder) == ""
 
 
 def test_a_match_made_while_the_notebook_ran_is_reused_only_for_the_same_samples(

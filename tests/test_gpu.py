@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from grader.runner import execute, gpu, sandbox
+from grader.runner import gpu, sandbox
+from grader.runner.__main__ import _kernel_env
 
 
 def test_without_a_gpu_a_slot_is_none_and_free(tmp_path: Path) -> None:
@@ -57,10 +58,10 @@ def test_kernels_and_evaluators_grow_gpu_memory_and_a_kernel_sees_only_its_gpu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    env = execute._kernel_env(tmp_path, seed=0, threads=1, gpu_index=1)
+    env = _kernel_env(tmp_path, seed=0, threads=1, gpu_index=1)
     assert env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
     assert env["CUDA_VISIBLE_DEVICES"] == "1"
-    assert "CUDA_VISIBLE_DEVICES" not in execute._kernel_env(tmp_path, seed=0, threads=1, gpu_index=None)
+    assert "CUDA_VISIBLE_DEVICES" not in _kernel_env(tmp_path, seed=0, threads=1, gpu_index=None)
     assert sandbox.runner_env(tmp_path)["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
 
 

@@ -358,7 +358,7 @@ def per_image_standardisation(x: np.ndarray) -> np.ndarray:
 
 def prepared_test_inputs(canon: Canonical, match: DataMatch) -> np.ndarray:
     """The canonical test images as the evaluator gets them for this match (grade + evaluate)."""
-    from grader.evaluator.evaluate import _prepare_inputs
+    from grader.evaluator.__main__ import _prepare_inputs
 
     rows = canon.base_transform(canon.x_test, match.mode)
     return _prepare_inputs_from(rows, canon, match, _prepare_inputs)

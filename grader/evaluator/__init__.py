@@ -1,7 +1,9 @@
 """The evaluator process and the orchestrator's side of talking to it.
 
-``evaluate.py`` serves requests in ``python -m grader.evaluator.evaluate EVAL_DIR``: it loads a saved
-model (Keras safe mode) and reports facts and predictions; ``inspect.py`` reads a loaded model's
-layers and regularizers there. ``custody.py`` runs in the orchestrator: it copies each saved model
-out of the runner's reach before the evaluator is asked about it.
+``__main__.py`` is the evaluator process, ``python -m grader.evaluator EVAL_DIR``: it loads each
+requested saved model (Keras safe mode) and reports facts and predictions; ``inspect.py`` reads a loaded
+model's layers and regularizers there. ``evaluate.py`` (``Session``: starting the evaluator process,
+writing its requests, reading its answers) and ``custody.py`` (copying each saved model out of the
+runner's reach before the evaluator is asked about it) run in the orchestrator. ``protocol.py`` is what
+both sides share: the session's file names, the limits on a saved model, its copy and its digest.
 """

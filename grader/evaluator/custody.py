@@ -15,8 +15,8 @@ What is taken is the artifact as found at take time: the record and the artifact
 claims, and one changed between the record and the take (a few tens of milliseconds) is taken as
 found. A record whose files are not there yet is tried again at every poll, and taken without them once
 the runner has ended. Copies refuse symbolic links (anywhere on the path from ``JOB/artifacts`` or inside
-the model), FIFOs and other special files (without blocking), and more than ``evaluate.MAX_MODEL_BYTES``
-per model (``evaluate.copy_artifact``); a refused artifact's model gets the reason as its load error.
+the model), FIFOs and other special files (without blocking), and more than ``protocol.MAX_MODEL_BYTES``
+per model (``protocol.copy_artifact``); a refused artifact's model gets the reason as its load error.
 Only the latest take of each model is kept on disk (the one its grade can come from), and at most
 ``MAX_CUSTODY_BYTES`` in all. ``custody.json`` lists the takes kept.
 """
@@ -34,11 +34,11 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from grader.evaluator import evaluate
+from grader.evaluator import protocol
 from grader.records import FitRecord, from_jsonable, write_json_atomic
 
 POLL_SECONDS = 0.05
-MAX_CUSTODY_BYTES = 4 * evaluate.MAX_MODEL_BYTES  # every model of one notebook kept, together
+MAX_CUSTODY_BYTES = 4 * protocol.MAX_MODEL_BYTES  # every model of one notebook kept, together
 MAX_RECORDS_BYTES = 50 * 1024 * 1024  # records.jsonl read, at most
 MANIFEST = "custody.json"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
@@ -60,7 +60,7 @@ class Taken:
     recorded_facts_file: str | None
     artifact: str | None  # the custody copy (an absolute path); None: nothing to take, or refused
     facts_file: str | None
-    digest: str  # evaluate.request_digest of the copies when taken; "" when refused
+    digest: str  # protocol.request_digest of the copies when taken; "" when refused
     refused: str  # why the files were not taken: the model's load error ("" otherwise)
     size: int  # bytes copied
     seconds: float  # when it was taken, in seconds after custody began
@@ -181,7 +181,7 @@ class Custody:
             recorded_facts_file=fit.facts_file if isinstance(fit.facts_file, str) else None,
             artifact=paths.get("artifact"),
             facts_file=paths.get("facts_file"),
-            digest="" if refused else evaluate.request_digest(paths),
+            digest="" if refused else protocol.request_digest(paths),
             refused=refused,
             size=size,
             seconds=round(time.monotonic() - self._started, 3),
@@ -249,7 +249,7 @@ class Custody:
                 fd = inner
             dst = stem.with_name(stem.name + "".join(PurePosixPath(parts[-1]).suffixes))
             try:
-                return dst, evaluate.copy_artifact(parts[-1], dst, dir_fd=fd)
+                return dst, protocol.copy_artifact(parts[-1], dst, dir_fd=fd)
             except FileNotFoundError:
                 if dst.exists() or dst.is_symlink():
                     raise

@@ -1,7 +1,7 @@
 """Facts about a model read from its configuration and weights: regularizers, layer kinds, sparsity.
 
-Used by the evaluator process on reloaded models, and by the tests on small in-memory models.
-Pure functions of the model; nothing here trains or predicts.
+Runs in the evaluator process (``grader/evaluator/__main__.py``) on reloaded models, and in the tests on
+small in-memory models. Pure functions of the model; nothing here trains or predicts.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""The runner process and how it is isolated.
+"""The runner process and how the orchestrator starts and isolates it.
 
-``execute.py``: the orchestrator lays out a job and starts ``python -m grader.runner.execute JOB``,
-which runs nbclient and a fresh kernel over the prepared notebook. ``sandbox.py``: how every child
-of the orchestrator is isolated (bubblewrap, cgroups, limits). ``gpu.py``: which GPU a job may use.
+``__main__.py`` is the runner process, ``python -m grader.runner JOB_DIR``: it runs nbclient and a
+fresh kernel over the prepared notebook. The other modules run in the orchestrator: ``execute.py``
+lays out a job dir, starts the runner process and reads how it ended; ``sandbox.py`` isolates every
+child of the orchestrator (bubblewrap, cgroups, limits); ``gpu.py`` says which GPU a job may use. The
+runner process reads two constants of theirs (``sandbox.PASSTHROUGH_ENV``, ``gpu.GROWTH_ENV``).
 """
