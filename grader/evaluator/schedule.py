@@ -211,6 +211,7 @@ class EarlyRequests:
         self.sent: dict[int, int] = {}
 
     def run(self, stop: threading.Event) -> None:
+        """The helper thread's body, until ``stop`` is set."""
         # Nice rather than SCHED_IDLE: this thread shares the GIL with the one waiting for the runner,
         # which must not be starved behind it; put back at normal priority when the notebook is done.
         sandbox.to_background(threading.get_native_id(), "nice")
