@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 from grader import __version__, grade, settings, submissions
 from grader.runner import execute
-from grader.grade import EVALUATOR_TIMEOUT, Grader
+from grader.evaluator.schedule import EVALUATOR_TIMEOUT
+from grader.grade import Grader
 from grader.settings import GradingConfig
 from grader.settings import parse_resources
 from grader.outputs import write_atomic

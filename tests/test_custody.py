@@ -22,9 +22,10 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from grader.evaluator import custody as custody_module# noqa: E402
+from grader.evaluator import custody as custody_module  # noqa: E402
 from grader.evaluator import protocol  # noqa: E402
 from grader.evaluator.__main__ import _private_copy  # noqa: E402
+from grader.evaluator import schedule  # noqa: E402
 from grader.runner import sandbox
 from grader.evaluator.custody import Custody  # noqa: E402
 from grader.grade import Grader
@@ -65,15 +66,15 @@ def test_a_model_overwritten_after_its_record_was_taken_is_judged_as_it_was_take
     custody = Custody(job_dir)
     custody.poll()  # what the custody thread does while the notebook runs
     save_dense(artifact, 1.0)  # a later cell replaces the saved model (say, by one trained on the test set)
-    session = grader._evaluator(job_dir, timeout=300, background=True)
-    early = grader._eval_request(job_dir, fit, None, custody)
+    session = grader.evaluators.start(job_dir, timeout=300, background=True)
+    early = schedule.eval_request(fit, None, custody)
     rid = session.submit(early)
     assert session.wait_answer(rid, time.monotonic() + 240) is not None, (job_dir / "eval" / "evaluator.log").read_text()
 
     custody.close()
-    final = grader._eval_request(job_dir, fit, None, custody)
+    final = schedule.eval_request(fit, None, custody)
     try:
-        facts = grader._evaluate(job_dir, [(1, final)], {}, session, {1: rid})
+        facts = grader.evaluators.facts(job_dir, [(1, final)], {}, session, {1: rid})
     finally:
         session.kill()
 
@@ -107,9 +108,9 @@ class FakeSession:
 def test_the_custody_thread_takes_each_model_while_the_notebook_runs(
     grader: Grader, job_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(Grader, "_meanwhile", lambda *args: None)  # only the custody thread is under test
     custody, runner = Custody(job_dir), FakeRunner()
-    waiting = threading.Thread(target=grader._while_running, args=(runner, FakeSession(), job_dir, custody))
+    meanwhile = lambda stop: None  # noqa: E731 - only the custody thread is under test
+    waiting = threading.Thread(target=schedule.while_running, args=(runner, FakeSession(), custody, meanwhile))
     waiting.start()
     try:
         artifact = job_dir / "artifacts" / "models" / "fit001.keras"
@@ -148,14 +149,14 @@ def test_a_record_whose_model_is_not_there_yet_is_taken_once_it_is(grader: Grade
     custody = Custody(job_dir)
     fit = record(job_dir, 1, "models/fit001.keras")
     custody.poll()
-    assert custody.taken() == [] and grader._eval_request(job_dir, fit, None, custody)["artifact"] is None
+    assert custody.taken() == [] and schedule.eval_request(fit, None, custody)["artifact"] is None
 
     save_dense(job_dir / "artifacts" / "models" / "fit001.keras", 0.0)
     custody.poll()
 
     (taken,) = custody.taken()
     assert not taken.after_run and taken.artifact is not None
-    assert grader._eval_request(job_dir, fit, None, custody)["artifact"] == taken.artifact
+    assert schedule.eval_request(fit, None, custody)["artifact"] == taken.artifact
 
 
 def test_a_model_still_missing_when_the_runner_ended_gets_no_file(grader: Grader, job_dir: Path) -> None:
@@ -163,7 +164,7 @@ def test_a_model_still_missing_when_the_runner_ended_gets_no_file(grader: Grader
     fit = record(job_dir, 1, "models/fit001.keras")
     custody.close()
 
-    request = grader._eval_request(job_dir, fit, None, custody)
+    request = schedule.eval_request(fit, None, custody)
 
     assert request["artifact"] is None and request["refused"] == ""  # the evaluator: "no saved model was found"
 
@@ -222,7 +223,7 @@ def test_a_link_a_fifo_or_an_oversized_model_is_refused_with_the_reason(
 
     started = time.monotonic()
     custody.poll()
-    request = grader._eval_request(job_dir, fit, None, custody)
+    request = schedule.eval_request(fit, None, custody)
 
     assert time.monotonic() - started < 10  # never blocked on the FIFO
     assert reason in request["refused"] and request["artifact"] is None
@@ -254,7 +255,7 @@ def test_a_custody_copy_changed_after_it_was_taken_is_refused_by_the_evaluator(g
     save_dense(job_dir / "artifacts" / "models" / "fit001.keras", 0.0)
     fit = record(job_dir, 1, "models/fit001.keras")
     custody = Custody(job_dir)
-    request = grader._eval_request(job_dir, fit, None, custody)
+    request = schedule.eval_request(fit, None, custody)
     save_dense(Path(request["artifact"]).with_name("other.keras"), 1.0)
     Path(request["artifact"]).with_name("other.keras").replace(request["artifact"])  # where no sandbox hides the folder
     work = job_dir / "work"
@@ -281,7 +282,7 @@ def test_the_runner_sandbox_hides_the_custody_folder_and_the_evaluator_sandbox_r
     monkeypatch.setattr(sandbox, "IsolatedRun", Recorded)
     custody = Custody(job_dir)
     grader._start_runner(job_dir, custody)
-    grader._evaluator(job_dir, timeout=1)
+    grader.evaluators.start(job_dir, timeout=1)
     monkeypatch.setattr(sandbox, "probe", lambda: sandbox.Protections(True, False, False, ()))
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: f"/usr/bin/{name}")
     (runner_args, evaluator_args) = [sandbox.wrap(command, isolation) for command, isolation in started]

@@ -1,8 +1,8 @@
 """The evaluator started with the notebook: early answers are kept only while they still describe the final files.
 
-These tests drive ``Grader._evaluate`` and ``evaluate.Session`` directly on small saved Keras models
-(no notebook runs): a request answered "early" (as while a kernel still runs) is reused when the
-model file is unchanged, evaluated again when the file changed after its answer, and artifacts that
+These tests drive ``Evaluators.facts`` (grader/evaluator/schedule.py) and ``evaluate.Session``
+directly on small saved Keras models (no notebook runs): a request answered "early" (as while a
+kernel still runs) is reused when the model file is unchanged, evaluated again when the file changed after its answer, and artifacts that
 could stall or fool the evaluator (a FIFO, a symbolic link) are refused with a reason.
 """
 
@@ -37,7 +37,7 @@ def request(job_dir: Path, name: str = "fit001.keras") -> dict[str, Any]:
 
 def answer_early(grader: Grader, job_dir: Path, entry: dict[str, Any]) -> tuple[Any, int]:
     """Start the evaluator as ``collect`` does and have ``entry`` answered before the final round."""
-    session = grader._evaluator(job_dir, timeout=300, background=True)
+    session = grader.evaluators.start(job_dir, timeout=300, background=True)
     rid = session.submit(entry)
     assert session.wait_answer(rid, time.monotonic() + 240) is not None, (job_dir / "eval" / "evaluator.log").read_text()
     return session, rid
@@ -45,7 +45,7 @@ def answer_early(grader: Grader, job_dir: Path, entry: dict[str, Any]) -> tuple[
 
 def final_round(grader: Grader, job_dir: Path, session: Any, entry: dict[str, Any], rid: int) -> ModelFacts:
     try:
-        facts = grader._evaluate(job_dir, [(1, entry)], {}, session, {1: rid})
+        facts = grader.evaluators.facts(job_dir, [(1, entry)], {}, session, {1: rid})
     finally:
         session.kill()
     return facts[1]
@@ -65,7 +65,7 @@ def test_an_early_answer_is_reused_when_the_model_file_is_unchanged(grader: Grad
 
 
 def test_the_evaluator_exits_by_itself_once_told_no_more_requests_come(grader: Grader, job_dir: Path) -> None:
-    session = grader._evaluator(job_dir, timeout=300)
+    session = grader.evaluators.start(job_dir, timeout=300)
     try:
         outcome = session.close(240)
     finally:
@@ -93,10 +93,10 @@ def test_a_fifo_or_symbolic_link_in_place_of_a_model_is_refused_without_stalling
     os.mkfifo(models / "fit001.keras")  # opening it for reading would block until a writer came
     save_dense(models / "real.keras", 0.0)
     (models / "fit002.keras").symlink_to(models / "real.keras")
-    session = grader._evaluator(job_dir, timeout=300)
+    session = grader.evaluators.start(job_dir, timeout=300)
     try:
         started = time.monotonic()
-        facts = grader._evaluate(
+        facts = grader.evaluators.facts(
             job_dir,
             # The grader resolves artifact paths before asking; the evaluator refuses a link all the same.
             [(1, request(job_dir, "fit001.keras")), (2, {**request(job_dir), "artifact": str(models / "fit002.keras"), "fit_index": 2})],
@@ -130,7 +130,6 @@ def test_artifact_digest_changes_with_the_bytes_and_is_empty_for_links(tmp_path:
 def test_a_match_made_while_the_notebook_ran_is_reused_only_for_the_same_samples(
     grader: Grader, job_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from grader import grade
     from grader.judging import provenance
     from grader.records import ArrayFingerprint
 
@@ -141,16 +140,16 @@ def test_a_match_made_while_the_notebook_ran_is_reused_only_for_the_same_samples
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(grade.provenance, "identify_any", counted)
+    monkeypatch.setattr(provenance, "identify_any", counted)
     samples = job_dir / "artifacts" / "samples" / "fit001_x.npy"
     samples.parent.mkdir(parents=True)
     np.save(samples, np.arange(12, dtype=np.float64).reshape(4, 3))
     fp = ArrayFingerprint(kind="array", shape=[4, 3], dtype="float64", sha256="ab", sample_positions=[0, 1, 2],
                           samples_file="samples/fit001_x.npy")
-    first = grader._match(job_dir, fp)
-    assert grader._match(job_dir, fp) is first and len(calls) == 1  # same fingerprint, same samples: reused
+    first = grader.matches.match(job_dir, fp)
+    assert grader.matches.match(job_dir, fp) is first and len(calls) == 1  # same fingerprint, same samples: reused
     np.save(samples, np.arange(12, dtype=np.float64).reshape(4, 3) + 1.0)  # the kernel rewrote its samples
-    grader._match(job_dir, fp)
+    grader.matches.match(job_dir, fp)
     assert len(calls) == 2
 
 
@@ -159,7 +158,7 @@ def test_when_the_evaluator_died_during_the_notebook_a_fresh_one_answers_at_norm
 ) -> None:
     save_dense(job_dir / "artifacts" / "models" / "fit001.keras", 0.5)
     entry = request(job_dir)
-    session = grader._evaluator(job_dir, timeout=300, background=True)
+    session = grader.evaluators.start(job_dir, timeout=300, background=True)
     rid = session.submit(entry)
     session.kill()  # gone before answering, as if the early request had crashed it
     started: list[bool] = []
@@ -171,7 +170,7 @@ def test_when_the_evaluator_died_during_the_notebook_a_fresh_one_answers_at_norm
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(evaluate, "Session", Recorded)
-    facts = grader._evaluate(job_dir, [(1, entry)], {}, session, {1: rid})
+    facts = grader.evaluators.facts(job_dir, [(1, entry)], {}, session, {1: rid})
 
     assert started == [False]  # one retry, not lowered: the notebook is over and the grade waits for it
     assert facts[1].loaded and facts[1].near_zero

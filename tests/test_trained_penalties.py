@@ -1,4 +1,4 @@
-"""Only the kernel penalties a training loss included count (``grader.grade._trained_facts``).
+"""Only the kernel penalties a training loss included count (``grader.judging.assemble._trained_facts``).
 
 The kernel records, per layer path, the penalty its kernel variable carried when trained; the saved
 model's facts come from the reloaded file, whose layer paths are the bare layer names. The record can
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from grader.grade import _trained_facts
+from grader.judging.assemble import _trained_facts
 from grader.records import ArrayFingerprint, FitRecord, LayerFacts, ModelFacts, RegularizerFacts
 
 L1 = RegularizerFacts("l1", 1e-4, 0.0, "L1")

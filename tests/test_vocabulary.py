@@ -137,7 +137,6 @@ def test_the_parts_are_named_as_the_check_ids_name_them() -> None:
     assert set(submissions.DATASET_PARTS.values()) == set(records.PARTS)
 
 
-@pytest.mark.xfail(reason="grader/grade.py (Grader.assemble's sources) still names the practice part 'practice'", strict=True)
 def test_no_code_names_the_practice_part_practice() -> None:
     """``"practice"`` is only a word of the messages (checks.PART_WORD), never a part's name."""
     stray = []

@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grader.evaluator import protocol
-from grader.evaluator.protocol import request_digest
 from grader.records import ModelFacts, from_jsonable, write_json_atomic
 
 if TYPE_CHECKING:
     from grader.runner.sandbox import IsolatedRun, Outcome
 
-__all__ = ["Session", "request_digest"]
+__all__ = ["Session"]
 
 
 class Session:
