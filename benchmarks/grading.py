@@ -634,10 +634,12 @@ class Bench:
 
     def run_regrade(self, subs: Path, grades: Path) -> None:
         from grader.judging import checks
+        from grader.outputs import JOBS
+        from grader.runner.files import EVIDENCE
 
         rubric = edited_rubric(checks.RUBRIC_PATH, self.work / "rubric-edited.toml")
         want_max = checks.load_rubric(rubric).max_score
-        evidence = {p: p.stat().st_mtime_ns for p in grades.glob(".jobs/*/evidence.json")}
+        evidence = {p: p.stat().st_mtime_ns for p in grades.glob(f"{JOBS}/*/{EVIDENCE}")}
         self.regrade = timed(
             "regrade -n 1 (rubric points edited)",
             grade_command(self.data, self.args.cell_timeout, subs, grades, "-n", "1", "--threads", "auto", "--rubric", str(rubric)),
@@ -645,7 +647,7 @@ class Bench:
             env=grader_env(),
             ok=(0, 1),
         )
-        if {p: p.stat().st_mtime_ns for p in grades.glob(".jobs/*/evidence.json")} != evidence:
+        if {p: p.stat().st_mtime_ns for p in grades.glob(f"{JOBS}/*/{EVIDENCE}")} != evidence:
             self.note("regrade: some notebooks were executed again (their evidence.json changed)")
         maxima = {k: r.max_score for k, r in read_results(grades).items()}
         if any(abs(m - want_max) > 1e-9 for m in maxima.values()):

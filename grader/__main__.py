@@ -19,10 +19,11 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+
 from grader import settings
-from grader.settings import GradingConfig, UsageError
 from grader.outputs import student_dir
 from grader.records import SubmissionResult
+from grader.settings import GradingConfig, UsageError
 
 DEFAULT_GRADES_DIR = "grades-selfcheck"
 # The settings this front end offers (grader/settings.py declares each one once), and its own defaults.
@@ -92,8 +93,9 @@ def grading_config(args: argparse.Namespace) -> GradingConfig:
 def run(args: argparse.Namespace) -> int:
     _validate(args)
     # Imported here so that usage errors are reported at once, without loading the grader.
-    from grader.reports import student_page, views
     from grader.grade import Grader, load_evidence
+    from grader.reports import student_page, views
+    from grader.runner.files import JobFiles
     from grader.submissions import Submission
 
     notebook = args.notebook.resolve()
@@ -121,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     result = grader.grade(Submission(key, notebook))
 
-    evidence_path = config.jobs_dir / key / "evidence.json"
+    evidence_path = JobFiles(config.jobs_dir / key).evidence
     evidence = None
     if result.status != "invalid" and evidence_path.is_file() and evidence_path.stat().st_mtime >= started - 1:
         evidence = load_evidence(evidence_path)

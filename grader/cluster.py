@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import io
 import json
 import os
@@ -38,13 +37,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grader import __version__, grade, settings, submissions
-from grader.runner import execute
 from grader.evaluator.schedule import EVALUATOR_TIMEOUT
 from grader.grade import Grader
-from grader.settings import GradingConfig
-from grader.settings import parse_resources
 from grader.outputs import write_atomic
 from grader.records import Evidence, from_jsonable, to_jsonable, write_json_atomic
+from grader.runner import execute
+from grader.runner.files import JobFiles
+from grader.settings import GradingConfig, parse_resources
 
 if TYPE_CHECKING:
     import pytest
@@ -383,7 +382,7 @@ class ClusterExecutor:
         """The stored execution of ``notebook`` while still valid: its cache key, made with the thread
         count the execution recorded (any worker's), is the one stored beside it."""
         try:
-            recorded = json.loads((job_dir / "evidence.json").read_text())["timings"]["kernel_threads"]
+            recorded = json.loads(JobFiles(job_dir).evidence.read_text())["timings"]["kernel_threads"]
             threads = int(recorded)
         except (OSError, ValueError, TypeError, KeyError):
             return None
@@ -458,8 +457,8 @@ class ClusterExecutor:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
         write_json_atomic(job_dir / "worker.json", {"worker": answer.get("worker"), "seconds": answer.get("seconds")})
-        write_json_atomic(job_dir / "evidence.json", evidence)
-        write_atomic(job_dir / "cache-key", self.grader.cache_key(sub.path, threads=threads))
+        write_json_atomic(JobFiles(job_dir).evidence, evidence)
+        write_atomic(JobFiles(job_dir).cache_key, self.grader.cache_key(sub.path, threads=threads))
         return evidence
 
     def _wait(self, future: Future) -> bytes:

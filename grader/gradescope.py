@@ -290,9 +290,9 @@ def run(
     ``cache_dir`` is where the served data is prepared (default: inside ``root/results/grading``);
     ``sandbox``, ``threads`` and ``values`` are the settings of grader/settings.py (``grading_config``).
     """
-    from grader.reports import report, views
     from grader.grade import Grader
     from grader.records import write_json_atomic
+    from grader.reports import report, views
 
     results_dir = root / "results"
     config = grading_config(root, profile, cache_dir, sandbox, threads, **values)

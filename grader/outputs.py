@@ -18,6 +18,12 @@ from typing import IO
 
 SHARED_MODE = 0o644
 STUDENTS = "students"
+JOBS = ".jobs"  # each submission's execution: grader/runner/files.py says what a job dir holds
+
+
+def job_dir(grades_dir: Path, key: str) -> Path:
+    """The folder of one submission's execution (its job dir), hidden from the students' pages."""
+    return grades_dir / JOBS / key
 
 
 def student_dir(grades_dir: Path, key: str) -> Path:

@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from grader.judging import checks
 from grader import lms, settings
-from grader.machine import available_cores
-from grader.reports import report
 from grader.grade import Grader
-from grader.settings import GradingConfig
+from grader.judging import checks
+from grader.machine import available_cores
 from grader.outputs import STUDENTS
 from grader.records import SubmissionResult
+from grader.reports import report
+from grader.settings import GradingConfig
 from grader.submissions import Submission
 
 CONFIG_KEY = pytest.StashKey[GradingConfig]()

@@ -27,6 +27,8 @@ from typing import Any
 
 from grader.judging.checks import RUBRIC_PATH
 from grader.machine import available_cores, threads_per_kernel
+from grader.outputs import JOBS
+from grader.runner.sandbox import DEFAULT_MEMORY_LIMIT
 
 BASELINES_DIR = Path(__file__).resolve().parent.parent / "reference" / "baselines"  # the reference's measured metrics
 PROFILES = ("smoke", "full", "tiny")  # the dataset profiles (grader/datasets.py serves each)
@@ -172,7 +174,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("notebook_timeout", "--notebook-timeout", "GRADER_NOTEBOOK_TIMEOUT", "1800", positive_seconds,
                 "seconds a whole notebook may run", "S"),
         Setting("seed", "--seed", "GRADER_SEED", "0", seed, "the seed pinned in every kernel", "N"),
-        Setting("memory_limit", "--memory-limit", "GRADER_MEMORY_LIMIT", "8G", memory_size,
+        Setting("memory_limit", "--memory-limit", "GRADER_MEMORY_LIMIT", f"{DEFAULT_MEMORY_LIMIT // 2**30}G", memory_size,
                 "memory one notebook (kernel and runner) may use, e.g. 8G, 512M", "SIZE"),
         Setting("threads", "--threads", "GRADER_THREADS", "cores", threads,
                 "CPU threads per kernel: cores (every core, whatever -n: the same results with any -n), "
@@ -458,7 +460,7 @@ class GradingConfig:
 
     @property
     def jobs_dir(self) -> Path:
-        return self.grades_dir / ".jobs"
+        return self.grades_dir / JOBS
 
     @property
     def data_cache(self) -> Path:

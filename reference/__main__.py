@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from grader import settings
-from grader.judging import checks
 from grader.datasets import DatasetStore
 from grader.grade import Grader
+from grader.judging import checks
 from grader.machine import machine, versions
-from grader.settings import GradingConfig
+from grader.outputs import JOBS
 from grader.records import Evidence, write_json_atomic
+from grader.settings import GradingConfig
 
 HERE = Path(__file__).resolve().parent
 SOLUTION = HERE / "solution.ipynb"
@@ -63,7 +64,7 @@ def histograms_of(ev: Evidence) -> dict[str, dict[str, list[float]]]:
 
 def collect_seed(profile: str, seed: int, work: Path, data_dir: Path | None) -> Evidence:
     grader = Grader(GradingConfig(grades_dir=work, profile=profile, seed=seed, data_dir=data_dir))
-    return grader.collect(SOLUTION, work / ".jobs" / f"reference-seed{seed}")
+    return grader.collect(SOLUTION, work / JOBS / f"reference-seed{seed}")
 
 
 def run_seed(profile: str, seed: int, work: Path, data_dir: Path | None) -> dict[str, float]:

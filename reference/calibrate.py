@@ -39,11 +39,12 @@ from typing import Any
 import nbformat
 
 from grader import settings
-from grader.judging import checks
 from grader.grade import Grader
+from grader.judging import checks
 from grader.machine import machine, versions
-from grader.settings import GradingConfig
 from grader.records import CellOutcome, CheckResult, EvaluationEvidence, Evidence, ModelEvidence, write_json_atomic
+from grader.runner.files import JobFiles
+from grader.settings import GradingConfig
 from reference import corpus, patterns
 
 HERE = Path(__file__).resolve().parent
@@ -91,10 +92,10 @@ def _collect(grader: Grader, notebook: Path, job_dir: Path, rejudge: bool = Fals
     ``rejudge`` takes whatever evidence ``job_dir`` holds, even if the grader's executing code changed
     since: for judging the same executions again after a change to the checks or the rubric.
     """
-    if rejudge and (job_dir / "evidence.json").is_file():
+    if rejudge and JobFiles(job_dir).evidence.is_file():
         from grader.grade import load_evidence
 
-        return load_evidence(job_dir / "evidence.json")
+        return load_evidence(JobFiles(job_dir).evidence)
     key = grader.cache_key(notebook)
     evidence = None if grader.config.force else grader.cached_evidence(job_dir, key)
     if evidence is None:

@@ -270,7 +270,7 @@ class Watcher(threading.Thread):
                 match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
                 if match:
                     self.orchestrator_hwm_kib[pid] = max(self.orchestrator_hwm_kib.get(pid, 0), int(match.group(1)))
-            runner = re.search(rb"grader\.execute\x00([^\x00]+)", cmdline)
+            runner = re.search(rb"grader\.runner\x00([^\x00]+)", cmdline)
             # A runner start: the outermost process carrying the runner's command line (bwrap where it is used),
             # not its copies (the inner bwrap, the runner itself, a fork before exec).
             if runner and self.marker in runner.group(1) and runner.group(0) not in table.get(ppid, (0, b""))[1]:
@@ -816,7 +816,7 @@ def test_writes_outside_the_job_dir_fail_or_stay_in_the_sandbox(run: Run) -> Non
 
 
 def test_the_kernel_environment_holds_none_of_the_graders_variables(run: Run) -> None:
-    from grader.runner.__main__ import _kernel_env
+    from grader.runner.process import _kernel_env
 
     text = output(run, "environment_is_scrubbed", "env")
     kernel_env = json.loads(text.split("ENV ", 1)[1].splitlines()[0])
@@ -896,9 +896,15 @@ def test_malicious_model_files_are_refused_and_run_no_code(run: Run) -> None:
     models = evidence(run, key)["models"]
     assert len(models) == 2
     errors = [m["facts"]["load_error"] for m in models]
-    assert all(not m["facts"]["loaded"] for m in models), errors
+    assert not models[0]["facts"]["loaded"], errors
     assert "Lambda" in errors[0] and "safe_mode" in errors[0]
-    assert "could not be deserialized" in errors[1]
+    # The crafted config is refused when the rewrite reaches the model before custody takes it (a race of
+    # a few milliseconds); otherwise the model is judged as trained, one Dense layer and nothing else. The
+    # refusal itself is tested deterministically in tests/test_evaluator_session.py.
+    crafted = models[1]["facts"]
+    assert ("could not be deserialized" in errors[1] and not crafted["loaded"]) or (
+        crafted["loaded"] and [layer["class_name"] for layer in crafted["layers"]] == ["Dense"]
+    ), crafted
     eval_dir = run.grades / ".jobs" / key / "eval"
     assert (eval_dir / "evaluation.json").exists()
     assert not (eval_dir / "LAMBDA_RAN").exists() and not (eval_dir / "CRAFTED_RAN").exists()

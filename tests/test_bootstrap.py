@@ -147,8 +147,8 @@ def test_a_fingerprint_is_json_and_reads_back_as_an_array_fingerprint(tmp_path: 
 
 def test_layer_facts_written_for_subclassed_models_read_back_with_inspect() -> None:
     keras = pytest.importorskip("keras")
-    from grader.kernel.bootstrap import _layer_facts
     from grader.evaluator.inspect import regularizer_from_config
+    from grader.kernel.bootstrap import _layer_facts
 
     model = keras.Sequential(
         [

@@ -23,7 +23,7 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from grader.kernel import bootstrap# noqa: E402
+from grader.kernel import bootstrap  # noqa: E402
 from grader.kernel.bootstrap import sample_positions  # noqa: E402
 
 SEED = 0

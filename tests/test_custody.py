@@ -22,16 +22,16 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from grader.evaluator import custody as custody_module  # noqa: E402
-from grader.evaluator import protocol  # noqa: E402
-from grader.evaluator.__main__ import _private_copy  # noqa: E402
-from grader.evaluator import schedule  # noqa: E402
-from grader.runner import sandbox
-from grader.evaluator.custody import Custody  # noqa: E402
-from grader.grade import Grader
-from grader.settings import GradingConfig  # noqa: E402
-from grader.records import ArrayFingerprint, FitRecord, to_jsonable  # noqa: E402
 from builders import save_dense  # noqa: E402
+
+from grader.evaluator import custody as custody_module  # noqa: E402
+from grader.evaluator import protocol, schedule  # noqa: E402
+from grader.evaluator.custody import Custody  # noqa: E402
+from grader.evaluator.process import _private_copy  # noqa: E402
+from grader.grade import Grader  # noqa: E402
+from grader.records import ArrayFingerprint, FitRecord, to_jsonable  # noqa: E402
+from grader.runner import sandbox  # noqa: E402
+from grader.settings import GradingConfig  # noqa: E402
 
 
 def record(job_dir: Path, index: int, artifact: str | None, *, model_key: str = "model1", facts_file: str | None = None) -> FitRecord:

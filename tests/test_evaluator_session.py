@@ -19,9 +19,10 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from grader.evaluator import evaluate, protocol  # noqa: E402
-from grader.grade import Grader
 from builders import save_dense  # noqa: E402
+
+from grader.evaluator import evaluate, protocol  # noqa: E402
+from grader.grade import Grader  # noqa: E402
 from grader.records import ModelFacts  # noqa: E402
 
 
@@ -108,6 +109,35 @@ def test_a_fifo_or_symbolic_link_in_place_of_a_model_is_refused_without_stalling
     assert time.monotonic() - started < 120
     assert not facts[1].loaded and "other than regular files" in facts[1].load_error
     assert not facts[2].loaded and "symbolic link" in facts[2].load_error
+
+
+def test_a_model_whose_config_names_arbitrary_callables_is_refused_and_runs_nothing(grader: Grader, job_dir: Path) -> None:
+    import zipfile
+
+    artifact = job_dir / "artifacts" / "models" / "fit001.keras"
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)]).save(artifact)
+    with zipfile.ZipFile(artifact) as z:
+        config = json.loads(z.read("config.json"))
+        parts = {name: z.read(name) for name in z.namelist() if name != "config.json"}
+    marker = job_dir / "eval" / "CRAFTED_RAN"
+    config["config"]["layers"] = [
+        config["config"]["layers"][0],
+        {"module": "os", "class_name": "system", "config": {"command": f"touch {marker}"}, "registered_name": None},
+        {"module": "subprocess", "class_name": "Popen", "config": {"args": ["touch", str(marker)]}, "registered_name": None},
+    ]
+    with zipfile.ZipFile(artifact, "w") as z:
+        z.writestr("config.json", json.dumps(config))
+        for name, data in parts.items():
+            z.writestr(name, data)
+    session = grader.evaluators.start(job_dir, timeout=300)
+    try:
+        facts = grader.evaluators.facts(job_dir, [(1, request(job_dir))], {}, session, {})
+    finally:
+        session.kill()
+
+    assert not facts[1].loaded and "could not be deserialized" in facts[1].load_error, facts[1].load_error
+    assert not marker.exists()
 
 
 def test_artifact_digest_changes_with_the_bytes_and_is_empty_for_links(tmp_path: Path) -> None:

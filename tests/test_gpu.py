@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from grader.runner import gpu, sandbox
-from grader.runner.__main__ import _kernel_env
+from grader.runner.process import _kernel_env
 
 
 def test_without_a_gpu_a_slot_is_none_and_free(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@
 - Code under ``grader/kernel/`` runs inside the student's kernel: it imports only the standard library
   and what the kernel already has (numpy, TensorFlow, Keras), nothing of the grader.
 - No import cycle among the modules of ``grader/``, ``reference/`` and ``benchmarks/``.
-- The runner process (``grader/runner/__main__.py``) and the evaluator process
-  (``grader/evaluator/__main__.py``) reach, through every import they make (at module level or in a
+- The runner process (``grader/runner/process.py``) and the evaluator process
+  (``grader/evaluator/process.py``) reach, through every import they make (at module level or in a
   function, directly or through the modules they import), only the grader modules they need.
 """
 
@@ -28,7 +28,7 @@ KERNEL_THIRD_PARTY = frozenset({"numpy", "tensorflow", "keras"})
 # the kernel's environment (sandbox, gpu); the evaluator process loads models and answers requests
 # (protocol, inspect, records, and outputs, through which records writes its files).
 PROCESS_MAY_REACH = {
-    "grader.runner.__main__": frozenset(
+    "grader.runner.process": frozenset(
         {
             "grader",
             "grader.outputs",
@@ -40,7 +40,7 @@ PROCESS_MAY_REACH = {
             "grader.text",
         }
     ),
-    "grader.evaluator.__main__": frozenset(
+    "grader.evaluator.process": frozenset(
         {
             "grader",
             "grader.evaluator",
@@ -230,7 +230,7 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import() -> Non
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c"]]
     assert _resolve("grader.evaluator.protocol.request_digest") == "grader.evaluator.protocol"
-    assert "grader.runner.sandbox" in _graph()["grader.runner.__main__"]  # imported inside a function
+    assert "grader.runner.sandbox" in _graph()["grader.runner.process"]  # imported inside a function
 
 
 @pytest.mark.parametrize("process", sorted(PROCESS_MAY_REACH))
@@ -240,3 +240,23 @@ def test_a_process_module_reaches_only_what_its_process_needs(process: str) -> N
     assert not beyond, f"{process} reaches modules its process does not need (module <- imported by): {beyond}"
     orchestrator = [name for name in via if any(name == o or name.startswith(o + ".") for o in ORCHESTRATOR_ONLY)]
     assert not orchestrator, f"{process} reaches orchestrator-only modules: {orchestrator}"
+
+
+# A ``__main__`` module is a command's entry point, not a library: only the command dispatcher hands
+# over to one, and each process package's ``__main__`` to its ``process`` module.
+MAY_IMPORT_A_MAIN = {"grader.cli"}
+
+
+def test_no_module_imports_a_command_entry_point() -> None:
+    graph = _graph()
+    wrong = {
+        name: sorted(target for target in targets if target.endswith("__main__"))
+        for name, targets in graph.items()
+        if name not in MAY_IMPORT_A_MAIN
+    }
+    assert not {name: targets for name, targets in wrong.items() if targets}
+
+
+@pytest.mark.parametrize("package", ["grader.runner", "grader.evaluator"])
+def test_a_process_packages_entry_point_only_starts_its_process_module(package: str) -> None:
+    assert _graph()[f"{package}.__main__"] <= {f"{package}.process", package, "grader"}

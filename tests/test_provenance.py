@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from grader.kernel.bootstrap import fingerprint_array
 from grader.judging.provenance import Canonical, DataMatch, identify, identify_any, label_affine, make_canonical
+from grader.kernel.bootstrap import fingerprint_array
 from grader.records import ArrayFingerprint, from_jsonable
 
 # Per-feature scales of very different magnitudes, like Boston's CRIM (~0-90) ... TAX (~200-700).
@@ -358,7 +358,7 @@ def per_image_standardisation(x: np.ndarray) -> np.ndarray:
 
 def prepared_test_inputs(canon: Canonical, match: DataMatch) -> np.ndarray:
     """The canonical test images as the evaluator gets them for this match (grade + evaluate)."""
-    from grader.evaluator.__main__ import _prepare_inputs
+    from grader.evaluator.process import _prepare_inputs
 
     rows = canon.base_transform(canon.x_test, match.mode)
     return _prepare_inputs_from(rows, canon, match, _prepare_inputs)

@@ -18,10 +18,10 @@ from typing import Any
 import nbformat
 import pytest
 
-from grader.judging import checks
 from grader.grade import Grader
-from grader.settings import GradingConfig
+from grader.judging import checks
 from grader.records import Evidence, ModelEvidence
+from grader.settings import GradingConfig
 from reference import patterns
 
 PROFILE = "tiny"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from grader import machine, settings
-from grader.runner.__main__ import _kernel_env
+from grader.runner.process import _kernel_env
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """The evaluator process and the orchestrator's side of talking to it.
 
-``__main__.py`` is the evaluator process, ``python -m grader.evaluator EVAL_DIR``: it loads each
+``process.py`` is the evaluator process, ``python -m grader.evaluator EVAL_DIR`` (``__main__.py``): it loads each
 requested saved model (Keras safe mode) and reports facts and predictions; ``inspect.py`` reads a loaded
 model's layers and regularizers there. ``evaluate.py`` (``Session``: starting the evaluator process,
 writing its requests, reading its answers) and ``custody.py`` (copying each saved model out of the

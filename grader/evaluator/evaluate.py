@@ -1,7 +1,7 @@
 """The orchestrator's side of the evaluator: one evaluator process per submission, its requests and answers.
 
 Runs in the orchestrator. :class:`Session` starts ``python -m grader.evaluator EVAL_DIR`` (the evaluator
-process, ``grader/evaluator/__main__.py``; sandboxed, like the runner) as soon as a notebook starts
+process, ``grader/evaluator/process.py``; sandboxed, like the runner) as soon as a notebook starts
 executing, so that the evaluator's TensorFlow import and its work on the models trained early overlap
 the student's later cells. It writes one request per model into ``EVAL_DIR/requests/`` and reads the
 answers from ``EVAL_DIR/results/`` (the files named in ``grader/evaluator/protocol.py``), then writes

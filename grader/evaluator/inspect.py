@@ -1,6 +1,6 @@
 """Facts about a model read from its configuration and weights: regularizers, layer kinds, sparsity.
 
-Runs in the evaluator process (``grader/evaluator/__main__.py``) on reloaded models, and in the tests on
+Runs in the evaluator process (``grader/evaluator/process.py``) on reloaded models, and in the tests on
 small in-memory models. Pure functions of the model; nothing here trains or predicts.
 """
 

@@ -1,7 +1,7 @@
 """What both sides of the evaluator agree on: the files of a session, and what a saved model's copy and digest are.
 
 Imported by the orchestrator's side (``grader/evaluator/evaluate.py``, ``grader/evaluator/custody.py``) and
-by the evaluator process (``grader/evaluator/__main__.py``); it imports neither, nor anything but the
+by the evaluator process (``grader/evaluator/process.py``); it imports neither, nor anything but the
 standard library. An evaluator's folder ``EVAL_DIR`` holds ``SESSION`` (the seed), ``REQUESTS/NNNN.json``
 (one request per model, named by :func:`request_name`; ``REQUESTS/END`` once there are no more) and
 ``RESULTS/NNNN.json`` (the answer to the request of the same name). A request's models are copied with

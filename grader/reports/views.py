@@ -16,7 +16,9 @@ from typing import Any
 import jinja2
 
 from grader.judging import checks
+from grader.outputs import job_dir
 from grader.records import Evidence, ModelEvidence, SubmissionResult, from_jsonable
+from grader.runner.files import JobFiles
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
 KINDS = ("l1", "l2")
@@ -37,7 +39,7 @@ def find_evidence(grades_dir: Path, result: SubmissionResult) -> Evidence | None
     An invalid submission is never executed, so any evidence file there is left over from an earlier
     run and is ignored; an unreadable file is treated as absent.
     """
-    path = grades_dir / ".jobs" / result.key / "evidence.json"
+    path = JobFiles(job_dir(grades_dir, result.key)).evidence
     if result.status == "invalid" or not path.is_file():
         return None
     try:

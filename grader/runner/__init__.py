@@ -1,6 +1,6 @@
 """The runner process and how the orchestrator starts and isolates it.
 
-``__main__.py`` is the runner process, ``python -m grader.runner JOB_DIR``: it runs nbclient and a
+``process.py`` is the runner process, ``python -m grader.runner JOB_DIR`` (``__main__.py``): it runs nbclient and a
 fresh kernel over the prepared notebook. The other modules run in the orchestrator: ``execute.py``
 lays out a job dir, starts the runner process and reads how it ended; ``sandbox.py`` isolates every
 child of the orchestrator (bubblewrap, cgroups, limits); ``gpu.py`` says which GPU a job may use. The

@@ -1,7 +1,7 @@
 """The orchestrator's side of the runner: lays out a job dir, starts the runner process, reads how it ended.
 
 Runs in the orchestrator. :func:`write_job` writes the job description, :func:`start_job` starts
-``python -m grader.runner JOB_DIR`` (``grader/runner/__main__.py``, the runner process) as a separate
+``python -m grader.runner JOB_DIR`` (``grader/runner/process.py``, the runner process) as a separate
 process, sandboxed when the machine allows (``grader/runner/sandbox.py``), with a hard deadline, and
 :func:`job_result` says how it ended once it has.
 

@@ -28,6 +28,7 @@ MAX_RECORDS_BYTES = 50 * 1024 * 1024
 MAX_SAMPLES_BYTES = 200 * 1024 * 1024
 EVALUATOR_FOLDERS = ("eval", "eval-inputs")  # in the job dir, hidden from the runner
 
+EVIDENCE = "evidence.json"  # what the orchestrator assembled from a run: judged again without executing
 
 @dataclasses.dataclass(frozen=True)
 class JobFiles:
@@ -41,7 +42,7 @@ class JobFiles:
 
     @property
     def evidence(self) -> Path:
-        return self.dir / "evidence.json"
+        return self.dir / EVIDENCE
 
     @property
     def cells(self) -> Path:

@@ -43,7 +43,7 @@ CGROUP_ROOT = Path(os.environ.get("GRADER_CGROUP_ROOT") or "/sys/fs/cgroup")
 CGROUP_V1 = CGROUP_ROOT  # on a v1 hierarchy, each controller is mounted in a folder of the root
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")  # this process's groups; its "0::/path" line is its v2 group
 CGROUP_PARENT = "l1l2-grader"
-DEFAULT_MEMORY_LIMIT = 8 * 2**30
+DEFAULT_MEMORY_LIMIT = 8 * 2**30  # per runner or evaluator: --memory-limit's default (grader/settings.py)
 DEFAULT_PIDS_LIMIT = 512
 # Where privileges are dropped (drops_privileges): the runner and its kernel run as nobody, the
 # evaluator as another unprivileged user, so the kernel cannot write the evaluator's folder either.
