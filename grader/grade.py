@@ -34,6 +34,7 @@ from grader.records import (
     CheckResult,
     Evidence,
     SubmissionResult,
+    SubmissionStatus,
     TrainedModel,
     from_jsonable,
     write_json_atomic,
@@ -313,7 +314,7 @@ class Grader:
     def _finish(
         self,
         sub: submissions.Submission,
-        status: str,
+        status: SubmissionStatus,
         reason: str,
         results: list[CheckResult] | None,
         started: float,

@@ -20,12 +20,14 @@ from grader.judging.matching import Matches
 from grader.records import (
     PARTS,
     CellOutcome,
+    CellStatus,
     EvaluateRecord,
     EvaluationEvidence,
     Evidence,
     FitRecord,
     ModelEvidence,
     ModelFacts,
+    Part,
     from_jsonable,
 )
 from grader.runner.files import JobFiles
@@ -38,7 +40,7 @@ def assemble(
     job_dir: Path,
     neutralised: list[str],
     prepared: Any,
-    parts: list[str],
+    parts: list[Part],
     kill_status: str,
     kill_reason: str,
     *,
@@ -56,7 +58,8 @@ def assemble(
     if kill_status:
         status, reason = kill_status, kill_reason
         ran = {c.index for c in cells}
-        cell_status, ename = ("deadline", "NotebookDeadline") if kill_status == "timeout" else ("unknown", "RunnerFailed")
+        cell_status: CellStatus = "deadline" if kill_status == "timeout" else "unknown"
+        ename = "NotebookDeadline" if kill_status == "timeout" else "RunnerFailed"
         cells += [
             CellOutcome(i, cell_status, 0.0, parts[i], ename, kill_reason)
             for i, cell in enumerate(prepared.cells)
@@ -76,8 +79,8 @@ def assemble(
     timings["training"] = float(sum(m.train_seconds for m in models))
     # A cell that trained a model belongs to the part whose data it trained on, whatever its headings say.
     trained = [(cell_of.get(f.cell) if f.cell is not None else None, matches.match(job_dir, f.x).dataset) for f in fits]
-    parts = submissions.refine_parts(prepared, trained)
-    cells = [dataclasses.replace(c, part=parts[c.index]) if 0 <= c.index < len(parts) else c for c in cells]
+    refined = submissions.refine_parts(prepared, trained)
+    cells = [dataclasses.replace(c, part=refined[c.index]) if 0 <= c.index < len(refined) else c for c in cells]
     return Evidence(
         status=status,
         reason=reason,

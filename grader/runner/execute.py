@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import nbformat
 
 from grader.kernel import BOOTSTRAP
-from grader.records import write_json_atomic
+from grader.records import Part, write_json_atomic
 
 if TYPE_CHECKING:
     from grader.runner.sandbox import IsolatedRun
@@ -45,7 +45,7 @@ def write_job(
     seed: int,
     cell_timeout: float,
     notebook_timeout: float,
-    parts: list[str],
+    parts: list[Part],
     threads: int | None = None,
     gpu_index: int | None = None,
 ) -> None:

@@ -26,7 +26,7 @@ import nbformat
 
 from grader import submissions
 from grader.outputs import write_atomic
-from grader.records import CellOutcome, to_jsonable, write_json_atomic
+from grader.records import CellOutcome, Part, to_jsonable, write_json_atomic
 from grader.text import trim_traceback
 
 TRACEBACK_LINES = 40  # the end of a failing cell's traceback kept in cells.json
@@ -158,7 +158,7 @@ class _NotebookRun:
         self.job_dir = job_dir
         self.job: dict[str, Any] = json.loads((job_dir / "job.json").read_text())
         self.nb = nbformat.read(str(job_dir / "input.ipynb"), as_version=4)
-        self.parts: list[str] = self.job["parts"]
+        self.parts: list[Part] = self.job["parts"]
         self.started = time.monotonic()
         self.cpu_before = _children_cpu()
         self.deadline = self.started + float(self.job["notebook_timeout"])
