@@ -82,8 +82,9 @@ def written() -> dict[str, set[tuple[str, str]]]:
                 args += node.args[position : position + 1]
                 for arg in args:
                     found[vocabulary] |= {(v, where) for v in _constants(arg)}
-            elif isinstance(node, ast.Assign):
-                for target in node.targets:
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
                     for name, value in _assigned(target, node.value):
                         if name in names:
                             found[names[name]] |= {(v, where) for v in _constants(value)}
