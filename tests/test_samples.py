@@ -1,6 +1,6 @@
 """Grade every sample submission end to end with ``pytest grader/`` and assert each verdict.
 
-One grading run (profile ``tiny``, a subprocess, as an instructor would run it) serves every test in
+One grading run (profile ``tiny``, two notebooks at a time, a subprocess, as an instructor would run it) serves every test in
 this module. It also reproduces the reference's baseline for the grading seed: CI fails when the
 reference's metrics drift.
 """
@@ -87,7 +87,8 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         [
             sys.executable, "-m", "pytest", "grader/",
             "--submissions", str(SAMPLES), "--grades-dir", str(grades), "--profile", PROFILE,
-            "-q", "-p", "no:randomly",
+            # Two notebooks at a time: a grade does not depend on -n (every kernel gets the same threads).
+            "-q", "-p", "no:randomly", "-n", "2",
         ],
         cwd=ROOT,
         capture_output=True,
