@@ -1,4 +1,6 @@
-"""Judging, in the orchestrator's process: where the data came from (``provenance.py``), the
-rubric's checks over the evidence (``checks.py``, ``rubric.toml``) and the Keras-3 hints their
+"""Judging, in the orchestrator's process: where the data came from (``provenance.py``, and
+``matching.py``, the matches a run makes, reused only on the same inputs), the evidence of a run
+(``assemble.py``: the models found, their metrics scored from the evaluator's predictions, leakage),
+the rubric's checks over that evidence (``checks.py``, ``rubric.toml``) and the Keras-3 hints their
 messages carry (``hints.py``). Nothing here runs student code or loads what a student produced.
 """
