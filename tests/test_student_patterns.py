@@ -1,7 +1,7 @@
 """Grade the student-pattern corpus (``reference/patterns.py``) and hold the grader to its truths.
 
 One module-scoped fixture executes the corpus's family notebooks through the grader (profile ``tiny``,
-one notebook at a time), as it executes a submission. Then, per pattern, the model its cell trained
+two notebooks at a time, one Grader for both), as it executes a submission. Then, per pattern, the model its cell trained
 must have been captured, its data identified as the right dataset, its kernel penalty kinds must be
 the ones its training really applied, its metric recomputed by the grader must agree with what the
 cell's own ``evaluate`` returned, and it must be reported as trained on test rows exactly when it was.
@@ -9,6 +9,7 @@ cell's own ``evaluate`` returned, and it must be reported as trained on test row
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import traceback
@@ -78,16 +79,19 @@ def graded(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
     grader = Grader(GradingConfig(grades_dir=work / "grades", profile=PROFILE, cache_dir=work / "cache"))
     notebooks = work / "notebooks"
     notebooks.mkdir()
-    out = {}
-    for fam in patterns.families(only=selected):
+
+    def grade(fam: patterns.Family) -> Graded:
         path = notebooks / f"{fam.name}.ipynb"
         nbformat.write(fam.notebook, path)
         job_dir = grader.config.jobs_dir / fam.name
         try:
-            out[fam.name] = Graded(fam, grader.collect(path, job_dir), job_dir)
+            return Graded(fam, grader.collect(path, job_dir), job_dir)
         except Exception:  # noqa: BLE001 - reported by every pattern of the family
-            out[fam.name] = Graded(fam, None, job_dir, crash=traceback.format_exc())
-    return out
+            return Graded(fam, None, job_dir, crash=traceback.format_exc())
+
+    # Two family notebooks at a time, as a Dask worker with two threads runs them (one Grader, shared).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        return {g.family.name: g for g in pool.map(grade, patterns.families(only=selected))}
 
 
 def cell_of_execution(job_dir: Path) -> dict[int, int]:
