@@ -68,7 +68,7 @@ def assemble(
     elif status == "running":
         status, reason = "error", "the runner stopped before finishing (it crashed or was killed)"
     fits, evals = job.read_records()
-    cell_of = job.execution_counts()
+    cell_of, printed = job.executed_cells()
     # Phase timings: the runner's (kernel start, set-up cell, student cells, the kernel's CPU
     # seconds) and the grader's own; CPU seconds of the sandboxed children where cgroups count them.
     timings = {f"runner_{k}": float(v) for k, v in run.get("timings", {}).items()}
@@ -87,7 +87,7 @@ def assemble(
         cells=cells,
         models=models,
         evaluations=evaluations,
-        printed=job.printed(),
+        printed=printed,
         neutralised=neutralised,
         timings=timings,
         sources={

@@ -30,6 +30,7 @@ EVALUATOR_FOLDERS = ("eval", "eval-inputs")  # in the job dir, hidden from the r
 
 EVIDENCE = "evidence.json"  # what the orchestrator assembled from a run: judged again without executing
 
+
 @dataclasses.dataclass(frozen=True)
 class JobFiles:
     """One job dir's files, and reading what the runner and its kernel left there."""
@@ -109,32 +110,24 @@ class JobFiles:
                 continue  # a line the kernel could not finish (killed mid-write) or a forged one
         return fits, evals
 
-    def execution_counts(self) -> dict[int, int]:
-        """Kernel execution count -> notebook cell index."""
+    def executed_cells(self) -> tuple[dict[int, int], list[str]]:
+        """From the executed notebook, read once: kernel execution count -> notebook cell index, and the
+        lines the notebook printed to stdout without progress lines (at most 200 of each output, 2000 in all)."""
         path = self.executed
         if not path.is_file() or path.is_symlink():
-            return {}
+            return {}, []
         nb = json.loads(path.read_text(encoding="utf-8"))
-        return {
-            int(cell["execution_count"]): i
-            for i, cell in enumerate(nb.get("cells", []))
-            if cell.get("cell_type") == "code" and isinstance(cell.get("execution_count"), int)
-        }
-
-    def printed(self) -> list[str]:
-        """The lines the notebook printed to stdout, without progress lines: at most 200 of each output, 2000 in all."""
-        path = self.executed
-        if not path.is_file() or path.is_symlink():
-            return []
-        nb = json.loads(path.read_text(encoding="utf-8"))
+        cell_of: dict[int, int] = {}
         lines: list[str] = []
-        for cell in nb.get("cells", []):
+        for i, cell in enumerate(nb.get("cells", [])):
+            if cell.get("cell_type") == "code" and isinstance(cell.get("execution_count"), int):
+                cell_of[int(cell["execution_count"])] = i
             for out in cell.get("outputs", []):
                 if out.get("output_type") == "stream" and out.get("name") == "stdout":
                     text = out.get("text", "")
                     text = "".join(text) if isinstance(text, list) else str(text)
                     lines += [ln for ln in text.splitlines() if "\x08" not in ln and "step" not in ln][:200]
-        return lines[:2000]
+        return cell_of, lines[:2000]
 
     def samples(self, fp: ArrayFingerprint) -> np.ndarray | None:
         """The rows a fingerprint's samples file holds, as float64; None where it is missing, outside the
