@@ -342,7 +342,8 @@ class Grader:
             profile=self.config.profile,
             seed=self.config.seed,
             models=[
-                TrainedModel(m.key, m.cell, m.dataset, m.train_seconds, m.epochs) for m in (evidence.models if evidence else [])
+                TrainedModel(m.key, m.cell, m.dataset, m.train_seconds, m.epochs, m.penalty_evidence, m.notes)
+                for m in (evidence.models if evidence else [])
             ],
             unsandboxed=list(evidence.unsandboxed) if evidence is not None else [],  # where it executed
             student_id=sub.student_id,

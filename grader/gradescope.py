@@ -15,10 +15,17 @@ receives ``results/``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime as dt
+import json
 import os
+import stat
 import subprocess
 import sys
+import threading
+import time
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,6 +142,9 @@ fi
 # Gradescope's container is itself the sandbox, so the grader's own stays off: GRADER_SANDBOX is the
 # environment form of the grader's --sandbox option.
 export GRADER_SANDBOX=off
+# The seconds Gradescope allows one run (its autograder timeout, set on the assignment's settings page;
+# the bundle cannot read it): the notebook's deadline is fitted inside it (bundle --time-budget).
+export GRADER_TIME_BUDGET="${{GRADER_TIME_BUDGET:-{time_budget}}}"
 cd "$source_dir" || exit 1
 exec "$python" -m grader.gradescope run --root "$root" --profile {profile} --data-cache "$source_dir/{data_cache}"
 """
@@ -149,7 +159,7 @@ def checkout_root() -> Path | None:
     return REPO if all((REPO / name).is_file() for name in INSTALL_FILES) else None
 
 
-def bundle(out: Path, profile: str) -> Path:
+def bundle(out: Path, profile: str, time_budget: float | None = None) -> Path:
     """Write the autograder zip: setup.sh and run_autograder at the top, the project beside them.
 
     Raises ``UsageError`` (with the reason) for a profile Gradescope cannot be given, or when the
@@ -173,7 +183,10 @@ def bundle(out: Path, profile: str) -> Path:
     files = _project_files(root)
     scripts = {
         "setup.sh": SETUP_SH.format(profile=profile, data_cache=DATA_CACHE),
-        "run_autograder": RUN_AUTOGRADER.format(profile=profile, data_cache=DATA_CACHE),
+        "run_autograder": RUN_AUTOGRADER.format(
+            profile=profile, data_cache=DATA_CACHE,
+            time_budget=f"{time_budget if time_budget is not None else settings.parsed_default('time_budget'):g}",
+        ),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -257,7 +270,31 @@ def check_root(root: Path) -> None:
 
 
 # The settings of grader/settings.py that a run takes (``--data-cache`` has a default of its own here).
-RUN_SETTINGS = ("profile", "seed", "cell_timeout", "notebook_timeout", "threads", "sandbox")
+RUN_SETTINGS = ("profile", "seed", "cell_timeout", "notebook_timeout", "threads", "sandbox", "memory_limit", "time_budget")
+# Those that are not GradingConfig fields.
+_PLATFORM_SETTINGS = ("time_budget",)
+_RUN_ONLY = ("time_budget", "started", "limits")  # run()'s own arguments, never GradingConfig's
+METADATA = "submission_metadata.json"  # Gradescope's, beside submission/: earlier results, hidden tests included
+
+# What grading needs of the platform (docs/gradescope.md, "Autograder settings to choose", says how it
+# was measured). Memory: the peak of the whole process tree (the grading process, the notebook's kernel
+# with its runner, and the evaluator, which run at the same time) grading the reference solution, with
+# its page cache, plus a margin; each child may use the container's memory less GRADER_BYTES, which the
+# grading process keeps for itself.
+GRADER_BYTES = 512 * 2**20
+TREE_BYTES = {"smoke": 1792 * 2**20, "tiny": 1536 * 2**20}  # measured peaks: smoke 1.56 GiB (1 CPU)
+# Time: what a run spends outside the notebook's own deadline: starting up (before the kernel) and
+# evaluating, judging and writing results.json after it; FINAL_SECONDS are kept back from the guard.
+STARTUP_SECONDS = 30.0
+REPORT_SECONDS = 90.0
+FINAL_SECONDS = 15.0
+MIN_NOTEBOOK_SECONDS = 60.0
+# Gradescope's "Autograder Settings" (docs/gradescope.md): what to raise, and its defaults.
+GRADESCOPE_DEFAULTS = {"memory": "768 MB", "cpus": "0.5", "timeout": "10 minutes"}
+SETTINGS_HINT = (
+    "On Gradescope: the assignment's Settings > Autograder Settings (memory and CPUs) and its autograder "
+    "timeout (up to 40 minutes); see docs/gradescope.md for the values to choose."
+)
 
 
 def grading_config(
@@ -265,60 +302,320 @@ def grading_config(
     **values: Any,
 ) -> GradingConfig:
     """The settings ``run`` grades ``root/submission`` with. ``sandbox``, ``threads`` (a count) and ``values``
-    (``seed``, ``cell_timeout``, ``notebook_timeout``) default to what the environment says (``GRADER_SANDBOX``,
-    ``GRADER_THREADS``, ...), else the settings' defaults: what ``pytest grader/`` would grade with."""
+    (``seed``, ``cell_timeout``, ``notebook_timeout``, ``memory_limit``) default to what the environment says
+    (``GRADER_SANDBOX``, ``GRADER_THREADS``, ...), else the settings' defaults: what ``pytest grader/`` would
+    grade with. Gradescope's ``submission_metadata.json`` is hidden from the children with the submission."""
     for name in RUN_SETTINGS:
-        if name not in ("profile", "threads", "sandbox") and values.get(name) is None:
+        if name not in ("profile", "threads", "sandbox", *_PLATFORM_SETTINGS) and values.get(name) is None:
             values[name] = settings.resolve(name, None)
+    for name in _RUN_ONLY:
+        values.pop(name, None)
     return GradingConfig(
         grades_dir=root / "results" / "grading",
         profile=profile,
         cache_dir=cache_dir,
-        hidden=(root / "submission",),
+        hidden=(root / "submission", root / METADATA),
         sandbox=sandbox if sandbox is not None else settings.resolve("sandbox", None),
         threads=threads if threads is not None else settings.resolve_threads(None, WORKERS),
         **values,
     )
 
 
-def run(
-    root: Path, profile: str, cache_dir: Path | None = None, sandbox: str | None = None, threads: int | None = None,
-    **values: Any,
-) -> SubmissionResult:
-    """Grade ``root/submission`` and write ``root/results/results.json`` (Gradescope's contract).
+# ---------------------------------------------------------------------------------------------
+# Fitting a run inside the platform's limits
+# ---------------------------------------------------------------------------------------------
 
-    ``cache_dir`` is where the served data is prepared (default: inside ``root/results/grading``);
-    ``sandbox``, ``threads`` and ``values`` are the settings of grader/settings.py (``grading_config``).
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How one run fits the platform: each child's memory limit, the notebook's and a cell's deadlines,
+    and, where it cannot fit, what is short (``short``: "memory" or "time", with ``needed``)."""
+
+    memory_limit: int  # bytes, for the runner (with the kernel) and for the evaluator, each
+    notebook_timeout: float
+    cell_timeout: float
+    container_memory: int | None
+    cpus: float | None
+    budget: float  # seconds the platform allows the whole run
+    budget_bound: bool  # the notebook's deadline was shortened to fit the budget
+    memory_bound: bool  # the children's memory limit was lowered to fit the container
+    short: str = ""  # "" (it fits), "memory" or "time"
+    needed: str = ""  # what it would take, for the instructor
+
+    def describe(self) -> str:
+        memory = _size(self.container_memory) if self.container_memory else "no limit"
+        cpus = f"{self.cpus:g}" if self.cpus else "no quota"
+        return (
+            f"platform limits: memory {memory}, CPUs {cpus}, time budget {self.budget:g} s; this run: "
+            f"{_size(self.memory_limit)} per kernel and per evaluator, notebook deadline {self.notebook_timeout:.0f} s, "
+            f"cell deadline {self.cell_timeout:.0f} s"
+        )
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 2**30:.2g} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
+def fit(
+    limits: Any,
+    profile: str,
+    budget: float,
+    elapsed: float,
+    memory_limit: int | None = None,
+    notebook_timeout: float | None = None,
+    cell_timeout: float | None = None,
+) -> Plan:
+    """Fit a run inside ``limits`` (``sandbox.ContainerLimits``) and a ``budget`` of seconds of which
+    ``elapsed`` are gone: each child's memory limit below the container's less what the grading process
+    keeps (``GRADER_BYTES``), and the notebook's deadline leaving time to start and to write results.json.
+    ``short`` says what cannot fit (a container below the measured peak of the profile, ``TREE_BYTES``; a
+    notebook left under a minute): then nothing should run."""
+    memory_limit = memory_limit or settings.parsed_default("memory_limit")
+    notebook_timeout = notebook_timeout or settings.parsed_default("notebook_timeout")
+    cell_timeout = cell_timeout or settings.parsed_default("cell_timeout")
+    need = TREE_BYTES.get(profile, TREE_BYTES["smoke"])
+    container = getattr(limits, "memory_bytes", None)
+    per_child = memory_limit
+    if container is not None:
+        per_child = min(memory_limit, container - GRADER_BYTES)
+    left = budget - elapsed - STARTUP_SECONDS - REPORT_SECONDS
+    deadline = min(notebook_timeout, left)
+    plan = Plan(
+        memory_limit=max(per_child, 0),
+        notebook_timeout=max(deadline, 0.0),
+        cell_timeout=max(min(cell_timeout, deadline), 0.0),
+        container_memory=container,
+        cpus=getattr(limits, "cpus", None),
+        budget=budget,
+        budget_bound=deadline < notebook_timeout,
+        memory_bound=per_child < memory_limit,
+    )
+    if container is not None and container < need:
+        return dataclasses.replace(plan, short="memory", needed=f"at least {_gb(need)} of memory")
+    if deadline < MIN_NOTEBOOK_SECONDS:
+        needed = elapsed + STARTUP_SECONDS + REPORT_SECONDS + MIN_NOTEBOOK_SECONDS
+        return dataclasses.replace(plan, short="time", needed=f"a timeout above {needed / 60:.0f} minutes")
+    return plan
+
+
+def _gb(n: int) -> str:
+    """A size rounded up to the next half GB, as a setting would be chosen."""
+    halves = -(-n // (2**29))
+    return f"{halves / 2:g} GB"
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradescope's submission metadata: hidden from the notebook, read for lateness
+# ---------------------------------------------------------------------------------------------
+
+
+def read_metadata(root: Path) -> dict[str, Any] | None:
+    """``root/submission_metadata.json`` (Gradescope's), or None where missing or unreadable."""
+    try:
+        data = json.loads((root / METADATA).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def hide_metadata(root: Path) -> bool:
+    """Make ``root/submission_metadata.json`` readable by its owner only (the grader, root on Gradescope):
+    it holds the student's earlier results, hidden tests included, and the notebook runs as another user
+    (``sandbox.drops_privileges``) where there is no bubblewrap, which hides it anyway. True if it is hidden."""
+    path = root / METADATA
+    try:
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR, follow_symlinks=False)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _time(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def lateness(metadata: dict[str, Any] | None) -> str:
+    """A line saying the submission was late, from Gradescope's ``created_at`` against the assignment's
+    ``due_date`` and ``late_due_date`` (a user's own dates, an extension, where the metadata gives them);
+    "" when on time or unknown."""
+    if not metadata:
+        return ""
+    created = _time(metadata.get("created_at"))
+    assignment = metadata.get("assignment")
+    dues: list[dict[str, Any]] = [assignment if isinstance(assignment, dict) else {}]
+    for user in metadata.get("users") or []:  # per-user dates (extensions), where Gradescope lists them
+        if isinstance(user, dict) and isinstance(user.get("assignment"), dict):
+            dues.append(user["assignment"])
+    due = max((d for d in (_time(x.get("due_date")) for x in dues) if d), default=None)
+    late_due = max((d for d in (_time(x.get("late_due_date")) for x in dues) if d), default=None)
+    if created is None or due is None or created <= due:
+        return ""
+    after = _duration(created - due)
+    text = f"Submitted late: {after} after the due date ({due.isoformat()})"
+    if late_due is not None and created > late_due:
+        text += f", and after the late due date ({late_due.isoformat()})"
+    return text + "."
+
+
+def _duration(delta: dt.timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    parts = [f"{days} d"] * bool(days) + [f"{hours} h"] * bool(hours) + [f"{minutes} min"] * bool(minutes or not (days or hours))
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# results.json
+# ---------------------------------------------------------------------------------------------
+
+
+def student_results(
+    result: SubmissionResult, leaderboard: list[dict[str, Any]], notes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Gradescope's results.json for a graded submission, as students see it.
+
+    The total is printed in ``output`` only when every test is ``visible``: Gradescope hides a student's
+    total while tests are hidden from them (its results specification), so the output must not show it
+    either. ``notes`` (lateness) are added to the output.
     """
-    from grader.grade import Grader
-    from grader.records import write_json_atomic
-    from grader.reports import report, views
+    from grader.reports import report
 
-    results_dir = root / "results"
-    config = grading_config(root, profile, cache_dir, sandbox, threads, **values)
-    work = config.grades_dir
-    result = Grader(config).grade(find_notebook(root / "submission"))
-    evidence = views.find_evidence(work, result)
-    data = report.gradescope_results(result, report.leaderboard(result, evidence))
+    data = report.gradescope_results(result, leaderboard)
     data.pop("extra_data", None)  # Gradescope shows only its own keys; the full record stays in grading/
-    write_json_atomic(results_dir / "results.json", data)
-    return result
+    all_visible = all(t.get("visibility", "visible") == "visible" for t in data["tests"])
+    header = f"Status: {result.status}."
+    if all_visible:
+        header += f" Score {result.score:g} / {result.max_score:g}."
+    else:
+        header += " Some checks are shown only to the course staff, so the total is not printed here."
+    if result.reason:
+        header += f" {result.reason}"
+    data["output"] = " ".join([header, *notes])
+    return data
 
 
 def error_results(root: Path, exc: BaseException) -> dict[str, Any]:
-    """The results.json of a run the grader could not finish: no score, and the reason."""
+    """The results.json of a run the grader could not finish: no score (Gradescope records what it is
+    given, and a 0 would read as a verdict), no tests, and the reason."""
     from grader.records import write_json_atomic
 
     data: dict[str, Any] = {
-        "score": 0,
         "output": f"Autograder error: {type(exc).__name__}: {exc}. This is not a verdict on the submission; "
-        "ask the course staff to regrade it.",
+        "no score was given. Ask the course staff to regrade it.",
         "visibility": "visible",
         "stdout_visibility": "hidden",
         "tests": [],
     }
     write_json_atomic(root / "results" / "results.json", data)
     return data
+
+
+def platform_results(root: Path, what: str, plan: Plan | None, detail: str = "") -> dict[str, Any]:
+    """The results.json of a run the platform's limits stopped or would stop (``what``: "memory", "time",
+    or "killed" for the one written before grading starts, left if the container is killed): no score,
+    and, for the student and the course staff, that it is the platform's setting, which one to raise,
+    and to what."""
+    from grader.records import write_json_atomic
+
+    limits = plan.describe() if plan is not None else ""
+    needed = f" Grading this notebook needs {plan.needed}." if plan is not None and plan.needed else ""
+    student = {
+        "memory": "Not graded: the autograder ran out of the memory it is given.",
+        "time": "Not graded: the autograder ran out of the time it is given.",
+        "killed": "Not graded: the autograder was stopped before it could finish (out of memory or time).",
+    }[what]
+    setting = {"memory": "Memory", "time": "the autograder timeout (or the CPUs)", "killed": "Memory, CPUs and the autograder timeout"}[what]
+    data: dict[str, Any] = {
+        "output": (
+            f"{student} This is a limit of this assignment's autograder settings, not a problem in your code; "
+            "no score was given, and your submission can be graded again once the course staff raise it. "
+            f"For the course staff: raise {setting}.{needed} {detail} {limits}. {SETTINGS_HINT}"
+        ).replace("  ", " ").strip(),
+        "visibility": "visible",
+        "stdout_visibility": "hidden",
+        "tests": [],
+    }
+    write_json_atomic(root / "results" / "results.json", data)
+    return data
+
+
+def run(
+    root: Path, profile: str, cache_dir: Path | None = None, sandbox: str | None = None, threads: int | None = None,
+    *, time_budget: float | None = None, started: float | None = None, limits: Any = None, **values: Any,
+) -> SubmissionResult | None:
+    """Grade ``root/submission`` and write ``root/results/results.json`` (Gradescope's contract).
+
+    ``cache_dir`` is where the served data is prepared (default: inside ``root/results/grading``);
+    ``sandbox``, ``threads`` and ``values`` are the settings of grader/settings.py (``grading_config``).
+    The run is fitted (``fit``) inside the platform's ``limits`` (default: read from this process's
+    cgroups) and ``time_budget`` seconds counted from ``started`` (a ``time.monotonic()``; default now).
+    Returns None, having written a results.json that says why, when the platform's limits do not allow
+    grading, or when they stopped it.
+    """
+    from grader.grade import Grader
+    from grader.records import write_json_atomic
+    from grader.reports import report, views
+    from grader.runner import sandbox as isolation
+
+    started = time.monotonic() if started is None else started
+    budget = time_budget if time_budget is not None else settings.resolve("time_budget", None)
+    limits = isolation.container_limits() if limits is None else limits
+    metadata = read_metadata(root)
+    hide_metadata(root)
+    results_dir = root / "results"
+    config = grading_config(root, profile, cache_dir, sandbox, threads, **values)
+    plan = fit(limits, profile, budget, time.monotonic() - started, values.get("memory_limit"),
+               config.notebook_timeout, config.cell_timeout)
+    print(plan.describe())
+    if plan.short:
+        platform_results(root, plan.short, plan)
+        return None
+    # Left in place if the platform kills the container before grading ends; replaced below.
+    platform_results(root, "killed", plan, "It was written before grading started and not replaced.")
+    config = dataclasses.replace(
+        config, memory_limit=plan.memory_limit, notebook_timeout=plan.notebook_timeout, cell_timeout=plan.cell_timeout
+    )
+    kills = limits.oom_kills() if hasattr(limits, "oom_kills") else None
+    result = Grader(config).grade(find_notebook(root / "submission"))
+    after = limits.oom_kills() if hasattr(limits, "oom_kills") else None
+    if kills is not None and after is not None and after > kills and result.status in ("memory", "kernel_died", "error"):
+        platform_results(root, "memory", plan, f"The container's memory limit was reached ({after - kills} process(es) killed).")
+        return None
+    if result.status == "timeout" and plan.budget_bound:
+        platform_results(root, "time", plan, "The notebook's deadline had been shortened to the autograder's time budget.")
+        return None
+    evidence = views.find_evidence(config.grades_dir, result)
+    notes = [line for line in (lateness(metadata),) if line]
+    data = student_results(result, report.leaderboard(result, evidence), notes)
+    write_json_atomic(results_dir / "results.json", data)
+    return result
+
+
+def guard(root: Path, plan_budget: float, started: float) -> threading.Timer:
+    """Start a timer that, ``FINAL_SECONDS`` before the budget runs out, writes the platform's "time"
+    results.json and ends this process: the platform's own clock would otherwise end it with no result."""
+
+    def expire() -> None:
+        try:
+            platform_results(root, "time", None, f"Grading did not end within the time budget of {plan_budget:g} s.")
+        finally:
+            os._exit(1)
+
+    timer = threading.Timer(max(plan_budget - (time.monotonic() - started) - FINAL_SECONDS, 0.0), expire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,6 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("out", type=Path)
     p = sub.add_parser("prepare", help="prepare the served data and check the baseline (the bundle's setup.sh)")
     settings.add_argument(p, "data_cache")
+    settings.add_argument(b, "time_budget", "the autograder timeout set on Gradescope, written into run_autograder")
     r = sub.add_parser("run", help="grade ROOT/submission into ROOT/results/results.json")
     r.add_argument("--root", type=Path, default=Path("/autograder"))
     for command in (b, p, r):
@@ -341,11 +639,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
     args = build_parser().parse_args(argv)
     try:
-        settings.resolve_arguments(args, ("profile", "data_cache") if args.command == "prepare" else ("profile",))
+        settings.resolve_arguments(
+            args, {"prepare": ("profile", "data_cache"), "bundle": ("profile", "time_budget")}.get(args.command, ("profile",))
+        )
         if args.command == "bundle":
-            out = bundle(args.out, args.profile)
+            out = bundle(args.out, args.profile, args.time_budget)
             print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB); upload it as the autograder of the assignment")
             return 0
         if args.command == "prepare":
@@ -366,14 +667,22 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, settings.UsageError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    timer = guard(args.root, args.time_budget, started)
     try:
         result = run(
             args.root, args.profile, cache.resolve() if cache else None, args.sandbox, threads,
+            time_budget=args.time_budget, started=started,
             seed=args.seed, cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout,
+            memory_limit=args.memory_limit,
         )
     except Exception as exc:  # the student still gets a results.json that says what went wrong
         error_results(args.root, exc)
         raise
+    finally:
+        timer.cancel()
+    if result is None:
+        print(json.loads((args.root / "results" / "results.json").read_text())["output"])
+        return 1
     print(f"{result.key}: {result.score:g} / {result.max_score:g} ({result.status})")
     for c in result.checks:
         print(f"  {'PASS' if c.passed else 'FAIL'} {c.id}: {c.message}")

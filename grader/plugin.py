@@ -37,6 +37,7 @@ PLUGIN_SETTINGS = (
     "memory_limit", "threads", "rubric", "data_cache", "sandbox", "roster", "roster_column",
     "dask_scheduler", "dask_scheduler_file", "dask_resources",
 )
+SWITCHES = ("overwrite_grades", "add_column")  # settings offered as flags without a value
 ROSTER_OUTPUT = "canvas-import.csv"  # the filled Canvas gradebook, in the grades dir
 
 
@@ -45,6 +46,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for name in PLUGIN_SETTINGS:
         setting = settings.SETTINGS[name]
         group.addoption(setting.flag, dest=name, default=None, metavar=setting.metavar, help=settings.describe(name))
+    for name in SWITCHES:  # on when given; else their environment variable, else off
+        setting = settings.SETTINGS[name]
+        group.addoption(setting.flag, dest=name, action="store_const", const="yes", default=None, help=settings.describe(name))
     group.addoption(
         "--force",
         action="store_true",
@@ -117,6 +121,7 @@ def validate(config: pytest.Config) -> None:
         settings.check_data_dir(cfg.data_dir)
         settings.check_rubric(cfg.rubric_path)
         settings.check_readable_file(_setting(config, "roster"), "--roster")
+        check_roster(config)
         # With a Dask scheduler the notebooks execute on its workers, each of which checks its own sandbox.
         if not (config.getoption("collectonly", False) or cfg.dask_scheduler or cfg.dask_scheduler_file):
             settings.check_sandbox(cfg.sandbox)
@@ -125,6 +130,28 @@ def validate(config: pytest.Config) -> None:
     check_baseline(config)
     if not submissions_of(config):
         raise pytest.UsageError(f"--submissions: no submission was found in {folder}")
+
+
+def check_roster(config: pytest.Config) -> None:
+    """With --roster: the export is a Canvas gradebook and has the column to fill (or --add-column says to
+    add it), so that a wrong column stops the run before anything is graded."""
+    source = _setting(config, "roster")
+    if source is None:
+        return
+    try:
+        lms.check_canvas_roster(source, _setting(config, "roster_column"), _setting(config, "add_column"))
+    except (OSError, ValueError) as exc:
+        raise settings.UsageError(f"--roster: {exc}") from None
+
+
+def _roster(config: pytest.Config) -> lms.CanvasRoster | None:
+    source = _setting(config, "roster")
+    if source is None:
+        return None
+    try:
+        return lms.read_canvas_roster(source)
+    except (OSError, ValueError) as exc:
+        raise pytest.UsageError(f"--roster: {exc}") from None
 
 
 def _workers(config: pytest.Config) -> int:
@@ -181,7 +208,7 @@ def submissions_of(config: pytest.Config) -> list[Submission]:
     if SUBMISSIONS_KEY not in config.stash:
         folder = _submissions_dir(config)
         try:
-            download = lms.load(folder, extract_to=grading_config(config).grades_dir / "_lms")
+            download = lms.load(folder, extract_to=grading_config(config).grades_dir / "_lms", roster=_roster(config))
         except (FileNotFoundError, ValueError) as exc:
             message = str(exc)
             raise pytest.UsageError(message if message.startswith("--submissions") else f"--submissions: {message}") from None
@@ -435,9 +462,11 @@ def _write_class_outputs(config: pytest.Config) -> None:
         written = lms.write_canvas_roster(
             source,
             cfg.grades_dir / ROSTER_OUTPUT,
-            {r.student_id or r.key: r.score for r in results},
+            lms.roster_grades(((r.key, r.student_id, r.score) for r in results), config.stash.get(DOWNLOAD_KEY, None)),
             _setting(config, "roster_column"),
             points_possible=results[0].max_score,
+            overwrite=_setting(config, "overwrite_grades"),
+            add_column=_setting(config, "add_column"),
         )
         config.stash[ROSTER_KEY] = written.lines()
 
@@ -474,6 +503,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(f"read as a {download.lms.capitalize()} download: {download.root}")
     if download is not None and download.skipped:
         terminalreporter.write_line(f"not graded ({len(download.skipped)}): " + "; ".join(download.skipped))
+    for line in download.ambiguous if download is not None else ():
+        terminalreporter.write_line(f"CHECK: {line}", yellow=True)
     for line in config.stash.get(ROSTER_KEY, []):
         terminalreporter.write_line(f"roster: {line}")
     for line in problems:

@@ -181,6 +181,36 @@ class FitRecord:
     # The arrays a stream drew its rows from, where it says (an ImageDataGenerator iterator's x, a tf.data
     # pipeline's sliced tensors): unaugmented rows, for telling which canonical rows it was trained on.
     x_sources: list[ArrayFingerprint] = dataclasses.field(default_factory=list)
+    # What the training loss's weight penalties added to the gradient, measured on some of the training
+    # steps themselves (``PenaltyProbe``); empty when no step could be probed. A claim of the kernel, judged
+    # by ``grader/judging/penalties.py`` and cross-checked against the saved weights (docs/security.md).
+    penalty_probes: list[PenaltyProbe] = dataclasses.field(default_factory=list)
+    # Why training ended before it finished (an interrupt at the cell's time limit, an exception), or "".
+    interrupted: str = ""
+    # How the run differed from the student's own session, e.g. op determinism switched off for an XLA step.
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableProbe:
+    """One trainable variable at one probed step: the penalty part ``p`` of its gradient (the gradient that
+    reaches it from the loss other than through the model's data path) against its weights ``w``, as the
+    sums a least-squares fit of ``p = a*sign(w) + b*w`` needs: ``[n, Σp·sign(w), Σp·w, Σsign(w)², Σsign(w)·w,
+    Σw², Σp²]``."""
+
+    path: str  # the variable's path in the model (``sequential/dense/kernel``)
+    shape: list[int]
+    sums: list[float]
+    declared: str = ""  # the class of the regularizer the variable itself carries (kernel_regularizer=...), or ""
+
+
+@dataclasses.dataclass(frozen=True)
+class PenaltyProbe:
+    """The weight penalties of one training step, measured while it ran."""
+
+    step: int  # the model's optimizer step (1 = its first) at which it was taken
+    mode: str  # graph (a traced step: fit, tf.function) | xla (a jit-compiled step) | eager (a GradientTape loop)
+    variables: list[VariableProbe]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +248,9 @@ class RegularizerFacts:
     l1: float
     l2: float
     class_name: str
+    # Where the penalty came from, in the student's words ("kernel_regularizer=L1(0.0001)", "an L1 term in
+    # the training loss"), for penalties measured from training; "" for one read from a saved configuration.
+    source: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +264,8 @@ class LayerFacts:
     bias_regularizer: RegularizerFacts | None
     activity_regularizer: RegularizerFacts | None
     path: str = ""  # unique within the model (names repeat across nested models)
+    # Trained weights of two or more dimensions (kernels, a custom layer's weight matrices), by variable path.
+    weights: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,6 +309,8 @@ class TrainedModel:
     dataset: str  # boston | cifar10 | unknown
     train_seconds: float  # wall seconds inside its fit calls, summed
     epochs: int
+    penalties: str = ""  # how its penalties were judged: measured (in training) | declared (saved configuration)
+    notes: list[str] = dataclasses.field(default_factory=list)  # for the instructor (ModelEvidence.notes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,6 +366,12 @@ class ModelEvidence:
     prepared_from: str = "training data"  # whose verified rows decided how its test inputs are prepared
     train_metric: float | None = None  # the same metric on canonical training rows (TRAIN_PROBE_ROWS of them)
     metric_rows: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # test rows, training rows scored
+    # Why its (last) training ended early ("" when it finished): FitRecord.interrupted, e.g. the cell's time limit.
+    interrupted: str = ""
+    # How its penalties were judged: "measured" (from probed training steps) or "declared" (the saved
+    # configuration, for training paths no step of which could be probed).
+    penalty_evidence: str = "declared"
+    notes: list[str] = dataclasses.field(default_factory=list)  # FitRecord.notes of its fits
 
 
 @dataclasses.dataclass(frozen=True)

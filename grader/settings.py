@@ -105,6 +105,19 @@ def threads(text: str) -> str | int:
     return count
 
 
+SWITCH_ON, SWITCH_OFF = ("yes", "true", "on", "1"), ("no", "false", "off", "0")
+
+
+def switch(text: str) -> bool:
+    """A setting that is on or off: ``yes``/``true``/``on``/``1`` or ``no``/``false``/``off``/``0``."""
+    value = text.strip().lower()
+    if value in SWITCH_ON:
+        return True
+    if value in SWITCH_OFF:
+        return False
+    raise ValueError(f"expected yes or no, got {text!r}")
+
+
 def parse_resources(text: str) -> dict[str, float]:
     """``"GPU=1,MEM=8e9"`` -> ``{"GPU": 1.0, "MEM": 8e9}`` (Dask worker resources)."""
     out: dict[str, float] = {}
@@ -189,7 +202,16 @@ SETTINGS: dict[str, Setting] = {
                 "exercise's column filled, for Canvas's gradebook import", "FILE"),
         Setting("roster_column", "--roster-column", "GRADER_ROSTER_COLUMN", None, str,
                 "the roster's column for this exercise (its header, assignment id or title); default: the column "
-                "titled 'L1/L2 Regularization Exercise', added when missing", "NAME"),
+                "titled 'L1/L2 Regularization Exercise'; it must be there, unless --add-column", "NAME"),
+        Setting("overwrite_grades", "--overwrite-grades", "GRADER_OVERWRITE_GRADES", "no", switch,
+                "with --roster: also write over cells that are excused (EX) or already hold a grade in Canvas "
+                "(by default they are kept, and the roster report lists them)", "YES|NO"),
+        Setting("add_column", "--add-column", "GRADER_ADD_COLUMN", "no", switch,
+                "with --roster: add the column (--roster-column, or the default title) when the export has none; "
+                "Canvas creates a new assignment for it on import", "YES|NO"),
+        Setting("time_budget", "--time-budget", "GRADER_TIME_BUDGET", "600", positive_seconds,
+                "python -m grader.gradescope run: seconds the platform allows one submission in all (Gradescope's "
+                "autograder timeout, 10 minutes unless raised); the notebook's deadline is fitted inside it", "S"),
         Setting("dask_scheduler", "--dask-scheduler", "GRADER_DASK_SCHEDULER", None, address,
                 "execute the notebooks on the workers of the Dask scheduler at this address", "ADDRESS"),
         Setting("dask_scheduler_file", "--dask-scheduler-file", "GRADER_DASK_SCHEDULER_FILE", None, path,

@@ -4,8 +4,9 @@
 
 Two corpora are graded. The variant corpus (``reference/corpus.py``): model specs written as the
 exercise asks, combined into 85 variants, with a verdict for every check. The student-pattern corpus
-(``reference/patterns.py``): 49 cells that train a model the ways students really do (``tf.data``,
-generators, ``GradientTape``, penalties set on built layers, ...), each graded as a submission of its
+(``reference/patterns.py``): 83 cells that train a model the ways students really do (``tf.data``,
+generators, ``GradientTape``, XLA steps, custom layers and regularizers, ``add_loss``, hand-written
+penalties, penalties set on built layers, ...), each graded as a submission of its
 own (its family's set-up cell plus that cell), with a verdict only for the checks its truths decide
 (``patterns.expected``: the regularizer checks of its part and the leakage check; a pattern trains 1 or
 2 epochs, so its metrics decide nothing).

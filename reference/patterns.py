@@ -15,7 +15,13 @@ Patterns are grouped by *topic*: ``rebuild`` (a penalty set on layers that are a
 ways to rebuild them so that it counts), ``training`` (training paths other than ``fit`` on arrays:
 ``tf.data``, generators, ``PyDataset``, ``ImageDataGenerator``, ``train_on_batch``, ``GradientTape``),
 ``preprocessing`` (input and label preparations other than per-channel scaling), ``integrity`` (test
-rows in the training data) and ``recap`` (the Boston Housing model trained in those other ways).
+rows in the training data), ``recap`` (the Boston Housing model trained in those other ways) and
+``mechanisms`` (a weight penalty applied by other means than a built-in regularizer on a built-in layer:
+regularizers, layers and models of the student's own, ``add_loss``, penalties written by hand into a
+``GradientTape`` loop, XLA-compiled steps; ``Lambda`` layers and named or dict inputs). A weight penalty
+is what training adds to a weight's gradient: L1 whatever adds ``λ·sign(w)``, L2 whatever adds ``2λ·w``,
+whatever the API or the name says; a penalty the gradient never sees (computed outside the tape, a
+custom ``train_step`` that leaves ``model.losses`` out, a regularizer returning a constant) is none.
 
 The grader executes them in *family notebooks* (:func:`families`): one for the Boston Housing
 patterns, one per topic for the CIFAR-10 ones, each a set-up cell followed by one cell per pattern.
@@ -36,7 +42,7 @@ from grader.judging.checks import CHECK_IDS
 from grader.records import CNN, RECAP, Part
 from reference.corpus import CIFAR_SETUP, RECAP_SETUP
 
-TOPICS = ("rebuild", "training", "preprocessing", "integrity", "recap")
+TOPICS = ("rebuild", "training", "preprocessing", "integrity", "recap", "mechanisms")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +50,7 @@ class Pattern:
     """One student cell that trains and evaluates one model, with the truth about it."""
 
     name: str
-    topic: str  # rebuild | training | preprocessing | integrity | recap
+    topic: str  # rebuild | training | preprocessing | integrity | recap | mechanisms
     code: str
     penalty: str | None  # the kernel penalty its training really applied: l1 | l2 | l1_l2 | None
     cnn: bool
@@ -605,6 +611,420 @@ def housing_gradient_tape(reg: str, add_losses: bool, compiled_step: bool) -> st
 
 
 # ------------------------------------------------------------------------------------------------
+# mechanisms: weight penalties applied by other means than a built-in regularizer on a built-in layer,
+# and models Keras cannot reload without the student's own code
+# ------------------------------------------------------------------------------------------------
+
+# Regularizers of the student's own: a function, Regularizer subclasses (with and without get_config).
+L1_FUNCTION = """\
+def l1_penalty(weights):
+    return 1e-4 * tf.reduce_sum(tf.abs(weights))
+
+"""
+SQUARED_WEIGHTS_CLASS = """\
+class SquaredWeights(tf.keras.regularizers.Regularizer):
+    # L2 penalty: strength * sum(w ** 2)
+    def __init__(self, strength=1e-4):
+        self.strength = strength
+
+    def __call__(self, weights):
+        return self.strength * tf.reduce_sum(tf.square(weights))
+
+    def get_config(self):
+        return {'strength': float(self.strength)}
+
+"""
+ABS_PENALTY_CLASS = """\
+class AbsPenalty(tf.keras.regularizers.Regularizer):
+    def __init__(self, l1):
+        self.l1 = l1
+
+    def __call__(self, x):
+        return self.l1 * tf.reduce_sum(tf.abs(x))
+
+"""
+# Named L1, computes L2: what it computes is what trains.
+MISNAMED_L1_FUNCTION = """\
+def l1_reg(weight_matrix):
+    # L1 regularization
+    return 0.0001 * tf.reduce_sum(tf.square(weight_matrix))
+
+"""
+# A stub never filled in: it adds nothing to any gradient.
+ZERO_FUNCTION = """\
+def my_l1_regularizer(weights):
+    # TODO: return the L1 penalty of the weights
+    return tf.constant(0.0)
+
+"""
+L1_BIAS_FUNCTION = """\
+def l1_bias(b):
+    return 1e-4 * tf.reduce_sum(tf.abs(b))
+
+"""
+
+
+def cnn_lambda_regularizer_functional() -> str:
+    """A functional CNN whose kernels carry a ``lambda`` computing an L2 penalty, on standardised images."""
+    reg = "lambda w: 1e-4 * tf.reduce_sum(w ** 2)"
+    return (
+        f"inputs = {IMAGE_INPUT}\n"
+        f"x = tf.keras.layers.Conv2D(32, (3, 3), activation='relu', kernel_regularizer={reg})(inputs)\n"
+        "x = tf.keras.layers.MaxPooling2D((2, 2))(x)\n"
+        "x = tf.keras.layers.Flatten()(x)\n"
+        f"x = tf.keras.layers.Dense(128, activation='relu', kernel_regularizer={reg})(x)\n"
+        f"outputs = tf.keras.layers.Dense(10, activation='softmax', kernel_regularizer={reg})(x)\n"
+        "model = tf.keras.Model(inputs=inputs, outputs=outputs)\n"
+        + CNN_COMPILE
+        + "model.fit(x_train_std, y_train_c, epochs=2, batch_size=64, verbose=0)\n"
+        + "test_loss, test_acc = model.evaluate(x_test_std, y_test_c, verbose=0)\n"
+    )
+
+
+def my_dense(pass_regularizer: bool) -> str:
+    """A Dense-like layer of the student's own: glorot kernel ``w``, zero bias ``b``, built by ``add_weight``.
+
+    ``pass_regularizer``: the ``kernel_regularizer`` it is given reaches ``add_weight``; without it the
+    layer stores it and never uses it, so no penalty trains.
+    """
+    regularizer = "\n                                 regularizer=self.kernel_regularizer," if pass_regularizer else ""
+    return (
+        "class MyDense(tf.keras.layers.Layer):\n"
+        "    def __init__(self, units, activation=None, kernel_regularizer=None, **kwargs):\n"
+        "        super().__init__(**kwargs)\n"
+        "        self.units = units\n"
+        "        self.activation = tf.keras.activations.get(activation)\n"
+        "        self.kernel_regularizer = tf.keras.regularizers.get(kernel_regularizer)\n"
+        "\n"
+        "    def build(self, input_shape):\n"
+        "        self.w = self.add_weight(name='w', shape=(input_shape[-1], self.units), initializer='glorot_uniform',"
+        f"{regularizer} trainable=True)\n"
+        "        self.b = self.add_weight(name='b', shape=(self.units,), initializer='zeros', trainable=True)\n"
+        "\n"
+        "    def call(self, inputs):\n"
+        "        return self.activation(tf.matmul(inputs, self.w) + self.b)\n"
+        "\n"
+    )
+
+
+def cnn_custom_dense_head(reg: str, pass_regularizer: bool = True, conv_reg: str | None = None) -> str:
+    """The CNN with a head of ``MyDense`` layers given ``reg``; ``conv_reg``: the convolution's regularizer."""
+    return (
+        my_dense(pass_regularizer)
+        + "model = tf.keras.Sequential([\n"
+        f"    {IMAGE_INPUT},\n"
+        f"    tf.keras.layers.Conv2D(32, (3, 3), activation='relu'{_kw(conv_reg)}),\n"
+        "    tf.keras.layers.MaxPooling2D((2, 2)),\n"
+        "    tf.keras.layers.Flatten(),\n"
+        f"    MyDense(128, activation='relu', kernel_regularizer={reg}),\n"
+        f"    MyDense(10, activation='softmax', kernel_regularizer={reg}),\n"
+        "])\n"
+        + CNN_COMPILE
+        + "model.fit(x_train, y_train_c, epochs=2, verbose=0)\n"
+        + CNN_EVALUATE
+    )
+
+
+def cnn_conv_block(reg: str) -> str:
+    """A layer of the student's own wrapping a ``Conv2D`` (given ``reg``) and its pooling, then a Dense head."""
+    return (
+        "class ConvBlock(tf.keras.layers.Layer):\n"
+        "    # 3x3 convolution, ReLU, then 2x2 max pooling\n"
+        "    def __init__(self, filters, kernel_regularizer=None, **kwargs):\n"
+        "        super().__init__(**kwargs)\n"
+        "        self.conv = tf.keras.layers.Conv2D(filters, (3, 3), activation='relu',\n"
+        "                                           kernel_regularizer=kernel_regularizer)\n"
+        "        self.pool = tf.keras.layers.MaxPooling2D((2, 2))\n"
+        "\n"
+        "    def call(self, inputs):\n"
+        "        return self.pool(self.conv(inputs))\n"
+        "\n"
+        f"reg = {reg}\n"
+        "model = tf.keras.Sequential([\n"
+        f"    {IMAGE_INPUT},\n"
+        "    ConvBlock(32, kernel_regularizer=reg),\n"
+        "    tf.keras.layers.Flatten(),\n"
+        "    tf.keras.layers.Dense(128, activation='relu', kernel_regularizer=reg),\n"
+        "    tf.keras.layers.Dense(10, activation='softmax', kernel_regularizer=reg),\n"
+        "])\n"
+        + CNN_COMPILE
+        + "model.fit(x_train, y_train_c, epochs=2, batch_size=64, verbose=0)\n"
+        + CNN_EVALUATE
+    )
+
+
+def cnn_lambda_centering_functional(reg: str) -> str:
+    """A functional CNN on the raw images, a ``Lambda`` layer mapping them to [-1, 1] inside the model."""
+    return (
+        f"inputs = {IMAGE_INPUT}\n"
+        "x = tf.keras.layers.Lambda(lambda t: (t - 127.5) / 127.5)(inputs)\n"
+        f"x = tf.keras.layers.Conv2D(32, (3, 3), activation='relu', kernel_regularizer={reg})(x)\n"
+        "x = tf.keras.layers.MaxPooling2D((2, 2))(x)\n"
+        "x = tf.keras.layers.Flatten()(x)\n"
+        f"x = tf.keras.layers.Dense(128, activation='relu', kernel_regularizer={reg})(x)\n"
+        f"outputs = tf.keras.layers.Dense(10, activation='softmax', kernel_regularizer={reg})(x)\n"
+        "model = tf.keras.Model(inputs, outputs)\n"
+        + CNN_COMPILE
+        + "model.fit(x_train_raw, y_train_c, epochs=2, verbose=0)\n"
+        + "test_loss, test_acc = model.evaluate(x_test_raw, y_test_c, verbose=0)\n"
+    )
+
+
+def cnn_subclassed_model(reg: str, train_step: str = "") -> str:
+    """A ``tf.keras.Model`` subclass holding the CNN's layers (given ``reg``); ``train_step``: its own, if any."""
+    return (
+        "class CifarCNN(tf.keras.Model):\n"
+        "    def __init__(self, penalty=None):\n"
+        "        super().__init__()\n"
+        "        self.conv = tf.keras.layers.Conv2D(32, (3, 3), activation='relu', kernel_regularizer=penalty)\n"
+        "        self.pool = tf.keras.layers.MaxPooling2D((2, 2))\n"
+        "        self.flatten = tf.keras.layers.Flatten()\n"
+        "        self.hidden = tf.keras.layers.Dense(128, activation='relu', kernel_regularizer=penalty)\n"
+        "        self.classifier = tf.keras.layers.Dense(10, activation='softmax', kernel_regularizer=penalty)\n"
+        "\n"
+        "    def call(self, inputs, training=False):\n"
+        "        x = self.pool(self.conv(inputs))\n"
+        "        return self.classifier(self.hidden(self.flatten(x)))\n"
+        + train_step
+        + "\n"
+        f"model = CifarCNN(penalty={reg})\n"
+        + CNN_COMPILE
+        + "model.fit(x_train, y_train_c, epochs=2, verbose=0)\n"
+        + CNN_EVALUATE
+    )
+
+
+# A train_step of the student's own that differentiates the cross-entropy only: the layers' penalties
+# are never added, so none trains.
+TRAIN_STEP_WITHOUT_LOSSES = """\
+
+    def train_step(self, data):
+        images, labels = data
+        with tf.GradientTape() as tape:
+            predictions = self(images, training=True)
+            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(labels, predictions))
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        for metric in self.metrics:
+            if metric.name == 'loss':
+                metric.update_state(loss)
+            else:
+                metric.update_state(labels, predictions)
+        return {m.name: m.result() for m in self.metrics}
+"""
+
+
+def add_loss_dense(kind: str) -> str:
+    """A Dense-like layer that adds a penalty to the model's loss in ``call`` by ``self.add_loss``.
+
+    ``kind``: ``l1`` (``|kernel|``), ``l2`` (``kernel ** 2``) or ``activity`` (the squares of its outputs:
+    no weight penalty).
+    """
+    name = {"l1": "L1Dense", "l2": "L2Dense", "activity": "QuietDense"}[kind]
+    term = {
+        "l1": "self.add_loss(self.strength * tf.reduce_sum(tf.abs(self.kernel)))\n",
+        "l2": "self.add_loss(self.strength * tf.reduce_sum(tf.square(self.kernel)))\n",
+        "activity": "self.add_loss(self.strength * tf.reduce_sum(tf.square(outputs)))\n",
+    }[kind]
+    return (
+        f"class {name}(tf.keras.layers.Layer):\n"
+        "    def __init__(self, units, activation=None, strength=1e-4, **kwargs):\n"
+        "        super().__init__(**kwargs)\n"
+        "        self.units = units\n"
+        "        self.strength = strength\n"
+        "        self.activation = tf.keras.activations.get(activation)\n"
+        "\n"
+        "    def build(self, input_shape):\n"
+        "        self.kernel = self.add_weight(name='kernel', shape=(input_shape[-1], self.units),\n"
+        "                                      initializer='glorot_uniform')\n"
+        "        self.bias = self.add_weight(name='bias', shape=(self.units,), initializer='zeros')\n"
+        "\n"
+        "    def call(self, inputs):\n"
+        "        outputs = self.activation(tf.matmul(inputs, self.kernel) + self.bias)\n"
+        f"        {term}"
+        "        return outputs\n"
+        "\n"
+        "model = tf.keras.Sequential([\n"
+        f"    {IMAGE_INPUT},\n"
+        "    tf.keras.layers.Conv2D(32, (3, 3), activation='relu'),\n"
+        "    tf.keras.layers.MaxPooling2D((2, 2)),\n"
+        "    tf.keras.layers.Flatten(),\n"
+        f"    {name}(128, activation='relu'),\n"
+        f"    {name}(10, activation='softmax'),\n"
+        "])\n"
+    )
+
+
+def cnn_add_loss_fit(kind: str) -> str:
+    """The ``add_loss`` head (:func:`add_loss_dense`) trained by ``fit``, which adds ``model.losses``."""
+    return add_loss_dense(kind) + CNN_COMPILE + "model.fit(x_train, y_train_c, epochs=2, verbose=0)\n" + CNN_EVALUATE
+
+
+def cnn_add_loss_tape_without_losses() -> str:
+    """The L1 ``add_loss`` head trained by a ``GradientTape`` loop that never adds ``model.losses``: no penalty."""
+    return (
+        add_loss_dense("l1")
+        + "optimizer = tf.keras.optimizers.Adam()\n"
+        + "loss_fn = tf.keras.losses.SparseCategoricalCrossentropy()\n"
+        + "\n"
+        + "@tf.function\n"
+        + "def train_step(images, labels):\n"
+        + "    with tf.GradientTape() as tape:\n"
+        + "        loss = loss_fn(labels, model(images, training=True))\n"
+        + "    grads = tape.gradient(loss, model.trainable_variables)\n"
+        + "    optimizer.apply_gradients(zip(grads, model.trainable_variables))\n"
+        + "\n"
+        + "for epoch in range(2):\n"
+        + f"    for images, labels in {_batches('x_train', 'y_train_c', seed=13)}:\n"
+        + "        train_step(images, labels)\n"
+        + "model.compile(optimizer=optimizer, loss=loss_fn, metrics=['accuracy'])\n"
+        + CNN_EVALUATE
+    )
+
+
+ADD_LOSS_CONV = """\
+class RegularisedConv(tf.keras.layers.Layer):
+    def __init__(self, filters, weight_decay=5e-4, **kwargs):
+        super().__init__(**kwargs)
+        self.weight_decay = weight_decay
+        self.conv = tf.keras.layers.Conv2D(filters, (3, 3), activation='relu')
+
+    def call(self, inputs):
+        outputs = self.conv(inputs)
+        self.add_loss(self.weight_decay * tf.nn.l2_loss(self.conv.kernel))
+        return outputs
+
+model = tf.keras.Sequential([
+    tf.keras.Input(shape=(32, 32, 3)),
+    RegularisedConv(32),
+    tf.keras.layers.MaxPooling2D((2, 2)),
+    tf.keras.layers.Flatten(),
+    tf.keras.layers.Dense(128, activation='relu'),
+    tf.keras.layers.Dense(10, activation='softmax'),
+])
+model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])
+model.fit(x_train_std, y_train_c, epochs=2, verbose=0)
+test_loss, test_acc = model.evaluate(x_test_std, y_test_c, verbose=0)
+"""
+
+ADD_LOSS_SUBCLASSED_MODEL = """\
+class WeightDecayCNN(tf.keras.Model):
+    def __init__(self, weight_decay=1e-4):
+        super().__init__()
+        self.weight_decay = weight_decay
+        self.conv = tf.keras.layers.Conv2D(32, (3, 3), activation='relu')
+        self.pool = tf.keras.layers.MaxPooling2D((2, 2))
+        self.flatten = tf.keras.layers.Flatten()
+        self.hidden = tf.keras.layers.Dense(128, activation='relu')
+        self.classifier = tf.keras.layers.Dense(10, activation='softmax')
+
+    def call(self, inputs):
+        outputs = self.classifier(self.hidden(self.flatten(self.pool(self.conv(inputs)))))
+        kernels = [self.conv.kernel, self.hidden.kernel, self.classifier.kernel]
+        self.add_loss(self.weight_decay * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels]))
+        return outputs
+
+model = WeightDecayCNN()
+model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])
+model.fit(x_train, y_train_c, epochs=2, batch_size=64, verbose=0)
+test_loss, test_acc = model.evaluate(x_test, y_test_c, verbose=0)
+"""
+
+# Hand-written penalties, as expressions of ``model``.
+ABS_KERNELS = "1e-4 * tf.add_n([tf.reduce_sum(tf.abs(w)) for w in model.trainable_weights if 'kernel' in w.name])"
+SQUARED_KERNELS = (
+    "1e-4 * tf.add_n([tf.reduce_sum(tf.square(w)) for w in model.trainable_weights if 'kernel' in w.name])"
+)
+NN_L2_LOSS_KERNELS = (
+    "5e-4 * tf.add_n([tf.nn.l2_loss(layer.kernel) for layer in model.layers if hasattr(layer, 'kernel')])"
+)
+ABS_BIASES = "1e-4 * tf.add_n([tf.reduce_sum(tf.abs(w)) for w in model.trainable_weights if 'bias' in w.name])"
+
+
+def cnn_tape_penalty(
+    penalty: str, decorator: str = "", outside_tape: bool = False, reg: str | None = None, add_losses: bool = False,
+    epochs: int = 2, seed: int = 14,
+) -> str:
+    """A ``GradientTape`` loop whose loss adds ``penalty`` (an expression; ``""``: none) to the cross-entropy.
+
+    ``decorator``: of the step (``@tf.function``, ``@tf.function(jit_compile=True)``, or none: eager).
+    ``outside_tape``: the penalty is computed before the tape starts recording, so it is a constant to the
+    tape and adds nothing to the gradient. ``reg``: the layers' regularizer; ``add_losses``: the loss adds
+    ``model.losses`` too.
+    """
+    terms = (" + penalty" if penalty else "") + (" + tf.add_n(model.losses)" if add_losses else "")
+    before = f"    penalty = {penalty}\n" if penalty and outside_tape else ""
+    inside = f"        penalty = {penalty}\n" if penalty and not outside_tape else ""
+    return (
+        cnn(reg)
+        + "optimizer = tf.keras.optimizers.Adam(learning_rate=1e-3)\n"
+        + "loss_fn = tf.keras.losses.SparseCategoricalCrossentropy()\n"
+        + "\n"
+        + (decorator + "\n" if decorator else "")
+        + "def train_step(images, labels):\n"
+        + before
+        + "    with tf.GradientTape() as tape:\n"
+        + "        predictions = model(images, training=True)\n"
+        + inside
+        + f"        loss = loss_fn(labels, predictions){terms}\n"
+        + "    grads = tape.gradient(loss, model.trainable_variables)\n"
+        + "    optimizer.apply_gradients(zip(grads, model.trainable_variables))\n"
+        + "    return loss\n"
+        + "\n"
+        + f"train_ds = {_batches('x_train', 'y_train_c', seed=seed)}\n"
+        + f"for epoch in range({epochs}):\n"
+        + "    for images, labels in train_ds:\n"
+        + "        train_step(images, labels)\n"
+        + "model.compile(optimizer=optimizer, loss=loss_fn, metrics=['accuracy'])\n"
+        + CNN_EVALUATE
+    )
+
+
+XLA = "@tf.function(jit_compile=True)"
+
+
+def cnn_fit_jit(reg: str) -> str:
+    """``compile(..., jit_compile=True)`` then ``fit`` on the arrays."""
+    return (
+        cnn(reg)
+        + "model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'],\n"
+        + "              jit_compile=True)\n"
+        + "model.fit(x_train, y_train_c, epochs=2, batch_size=50, verbose=0)\n"
+        + CNN_EVALUATE
+    )
+
+
+def cnn_named_input(
+    reg: str, where: str = "kernel", dict_model: bool = False, x: str = "x_train", x_test: str = "x_test",
+    scale_inside: bool = False,
+) -> str:
+    """A functional CNN whose input is named ``pixels``, fit and evaluated on ``{'pixels': images}``.
+
+    ``dict_model``: built as ``tf.keras.Model(inputs={'pixels': ...})``; ``scale_inside``: a ``Lambda``
+    layer divides the (raw) images by 255 inside the model.
+    """
+    kw = _kw(reg, where)
+    first = "x = tf.keras.layers.Lambda(lambda t: t / 255.0)(pixels)\n" if scale_inside else "x = pixels\n"
+    model = "tf.keras.Model(pixels, outputs)"
+    if dict_model:
+        model = "tf.keras.Model(inputs={'pixels': pixels}, outputs=outputs)"
+    return (
+        "pixels = tf.keras.Input(shape=(32, 32, 3), name='pixels')\n"
+        + first
+        + f"x = tf.keras.layers.Conv2D(32, (3, 3), activation='relu'{kw})(x)\n"
+        + "x = tf.keras.layers.MaxPooling2D((2, 2))(x)\n"
+        + "x = tf.keras.layers.Flatten()(x)\n"
+        + f"x = tf.keras.layers.Dense(128, activation='relu'{kw})(x)\n"
+        + f"outputs = tf.keras.layers.Dense(10, activation='softmax'{kw})(x)\n"
+        + f"model = {model}\n"
+        + CNN_COMPILE
+        + f"model.fit({{'pixels': {x}}}, y_train_c, epochs=2, verbose=0)\n"
+        + f"test_loss, test_acc = model.evaluate({{'pixels': {x_test}}}, y_test_c, verbose=0)\n"
+    )
+
+
+
+# ------------------------------------------------------------------------------------------------
 # The patterns
 # ------------------------------------------------------------------------------------------------
 
@@ -707,6 +1127,91 @@ PATTERNS: tuple[Pattern, ...] = (
     _housing(
         "recap.tape_eager_no_losses_l1", "recap",
         housing_gradient_tape(RECAP_L1, add_losses=False, compiled_step=False), None,
+    ),
+    # mechanisms: a weight penalty is what its training adds to a weight's gradient (L1: λ·sign(w), L2:
+    # 2λ·w), whatever API put it there; custom layers, regularizers and Lambda layers Keras cannot reload.
+    # Regularizers of the student's own.
+    _image(
+        "mechanisms.custom_function_l1", "mechanisms",
+        _prepared_fit(L1_FUNCTION, "l1_penalty", x="x_train", x_test="x_test"), "l1",
+    ),
+    _image(
+        "mechanisms.custom_class_l2", "mechanisms",
+        _prepared_fit(SQUARED_WEIGHTS_CLASS, "SquaredWeights(1e-4)", x="x_train_std", x_test="x_test_std"), "l2",
+    ),
+    _image(
+        "mechanisms.custom_class_no_config_l1", "mechanisms",
+        _prepared_fit(ABS_PENALTY_CLASS, "AbsPenalty(1e-4)", x="x_train", x_test="x_test", epochs=1), "l1",
+    ),
+    _image("mechanisms.custom_lambda_l2", "mechanisms", cnn_lambda_regularizer_functional(), "l2"),
+    _image(
+        "mechanisms.custom_function_named_l1_computes_l2", "mechanisms",
+        _prepared_fit(MISNAMED_L1_FUNCTION, "l1_reg", x="x_train", x_test="x_test"), "l2",
+    ),
+    _image(
+        "mechanisms.custom_function_returns_zero_l1", "mechanisms",
+        _prepared_fit(ZERO_FUNCTION, "my_l1_regularizer", x="x_train", x_test="x_test"), None,
+    ),
+    _image(
+        "mechanisms.custom_function_bias_only_l1", "mechanisms",
+        _prepared_fit(L1_BIAS_FUNCTION, "l1_bias", where="bias", x="x_train", x_test="x_test"), None,
+    ),
+    # Layers and models of the student's own, and Lambda layers.
+    _image("mechanisms.layer_dense_l1", "mechanisms", cnn_custom_dense_head(L1, conv_reg=L1), "l1"),
+    _image(
+        "mechanisms.layer_dense_drops_regularizer_l2", "mechanisms", cnn_custom_dense_head(L2, pass_regularizer=False),
+        None,
+    ),
+    _image("mechanisms.layer_conv_block_l2", "mechanisms", cnn_conv_block(L2), "l2"),
+    _image(
+        "mechanisms.lambda_scaling_l1", "mechanisms",
+        _prepared_fit("", L1, x="x_train_raw", x_test="x_test_raw",
+                      first=(IMAGE_INPUT, "tf.keras.layers.Lambda(lambda t: t / 255.0)")),
+        "l1",
+    ),
+    _image("mechanisms.lambda_centering_l1_l2", "mechanisms", cnn_lambda_centering_functional(L1L2), "l1_l2"),
+    _image("mechanisms.subclassed_model_l1", "mechanisms", cnn_subclassed_model(L1), "l1"),
+    _image(
+        "mechanisms.subclassed_train_step_without_losses_l2", "mechanisms",
+        cnn_subclassed_model(L2, train_step=TRAIN_STEP_WITHOUT_LOSSES), None,
+    ),
+    # Penalties added by add_loss in call.
+    _image("mechanisms.add_loss_dense_l1", "mechanisms", cnn_add_loss_fit("l1"), "l1"),
+    _image("mechanisms.add_loss_conv_l2", "mechanisms", ADD_LOSS_CONV, "l2"),
+    _image("mechanisms.add_loss_subclassed_model_l2", "mechanisms", ADD_LOSS_SUBCLASSED_MODEL, "l2"),
+    _image("mechanisms.add_loss_activity_l2", "mechanisms", cnn_add_loss_fit("activity"), None),
+    _image("mechanisms.add_loss_tape_without_losses_l1", "mechanisms", cnn_add_loss_tape_without_losses(), None),
+    # Penalties written by hand into a GradientTape loop.
+    _image("mechanisms.tape_eager_abs_l1", "mechanisms", cnn_tape_penalty(ABS_KERNELS, epochs=1), "l1"),
+    _image("mechanisms.tape_function_square_l2", "mechanisms", cnn_tape_penalty(SQUARED_KERNELS, "@tf.function"), "l2"),
+    _image(
+        "mechanisms.tape_function_nn_l2_loss_l2", "mechanisms", cnn_tape_penalty(NN_L2_LOSS_KERNELS, "@tf.function"),
+        "l2",
+    ),
+    _image(
+        "mechanisms.tape_penalty_outside_tape_l1", "mechanisms",
+        cnn_tape_penalty(ABS_KERNELS, "@tf.function", outside_tape=True), None,
+    ),
+    _image("mechanisms.tape_bias_penalty_l1", "mechanisms", cnn_tape_penalty(ABS_BIASES, "@tf.function"), None),
+    # XLA-compiled training.
+    _image(
+        "mechanisms.xla_step_model_losses_l1", "mechanisms", cnn_tape_penalty("", XLA, reg=L1, add_losses=True), "l1",
+    ),
+    _image("mechanisms.xla_step_square_l2", "mechanisms", cnn_tape_penalty(SQUARED_KERNELS, XLA), "l2"),
+    _image("mechanisms.xla_step_without_penalty_l1", "mechanisms", cnn_tape_penalty("", XLA, reg=L1), None),
+    _image("mechanisms.xla_fit_jit_compile_l2", "mechanisms", cnn_fit_jit(L2), "l2"),
+    _image("mechanisms.xla_fit_jit_compile_l1_l2", "mechanisms", cnn_fit_jit(L1L2), "l1_l2"),
+    # Named and dict inputs, fit and evaluated on {'pixels': images}.
+    _image("mechanisms.named_input_l1", "mechanisms", cnn_named_input(L1), "l1"),
+    _image(
+        "mechanisms.dict_inputs_model_l2", "mechanisms",
+        cnn_named_input(L2, dict_model=True, x="x_train_std", x_test="x_test_std"), "l2",
+    ),
+    _image("mechanisms.named_input_activity_l1", "mechanisms", cnn_named_input(L1, where="activity"), None),
+    _image("mechanisms.dict_inputs_model_l1_l2", "mechanisms", cnn_named_input(L1L2, dict_model=True), "l1_l2"),
+    _image(
+        "mechanisms.named_input_lambda_scaling_l2", "mechanisms",
+        cnn_named_input(L2, x="x_train_raw", x_test="x_test_raw", scale_inside=True), "l2",
     ),
 )
 

@@ -518,3 +518,99 @@ def test_the_machines_v2_mount_takes_a_job_group_its_child_and_its_removal(
                 parent.rmdir()
             except OSError:
                 pass
+
+
+# ------------------------------------------------------------------------------------------------
+# The platform's limits, read at run time (container_limits), and v1 job groups under the own group
+# ------------------------------------------------------------------------------------------------
+
+
+def write_files(base: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = base / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_v2_limits_are_the_lowest_along_the_own_group_and_those_above(tmp_path: Path) -> None:
+    root = tmp_path / "cgroup"
+    write_files(root, {
+        "cgroup.controllers": "cpu memory pids\n", "memory.max": "max\n", "cpu.max": "max 100000\n",
+        "gradescope/memory.max": "805306368\n", "gradescope/cpu.max": "50000 100000\n",
+        "gradescope/memory.events": "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        "gradescope/job/memory.max": "max\n", "gradescope/job/cpu.max": "max 100000\n",
+    })
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text("0::/gradescope/job\n")
+
+    limits = sandbox.container_limits(root, proc)
+
+    assert (limits.memory_bytes, limits.cpus, limits.hierarchy) == (768 * 2**20, 0.5, "v2")
+    assert limits.memory_group == str(root / "gradescope") and limits.oom_kills() == 1
+
+
+def test_v2_inside_a_container_reads_the_mount_root_as_its_own_group(tmp_path: Path) -> None:
+    root = tmp_path / "cgroup"
+    write_files(root, {"cgroup.controllers": "cpu memory\n", "memory.max": "4294967296\n", "cpu.max": "200000 100000\n"})
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text("0::/\n")
+
+    limits = sandbox.container_limits(root, proc)
+
+    assert (limits.memory_bytes, limits.cpus) == (4 * 2**30, 2.0)
+
+
+def test_v1_limits_come_from_the_own_memory_and_cpu_groups(tmp_path: Path) -> None:
+    root = tmp_path / "cgroup"
+    write_files(root, {
+        "memory/cgroup.procs": "", "memory/memory.limit_in_bytes": "9223372036854771712\n",
+        "memory/docker/abc/memory.limit_in_bytes": "805306368\n",
+        "memory/docker/abc/memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        "cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+        "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+    })
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text("4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n1:name=systemd:/docker/abc\n")
+
+    limits = sandbox.container_limits(root, proc)
+
+    assert (limits.memory_bytes, limits.cpus, limits.hierarchy) == (768 * 2**20, 0.5, "v1")
+    assert limits.oom_kills() == 2
+
+
+def test_v1_without_limits_or_with_the_own_group_outside_the_mount_reads_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "cgroup"
+    write_files(root, {
+        "memory/cgroup.procs": "", "memory/memory.limit_in_bytes": "9223372036854771712\n",
+        "cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n",
+    })
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text("4:memory:/process_api/0544fe\n1:cpu:/\n")
+
+    limits = sandbox.container_limits(root, proc)
+
+    assert (limits.memory_bytes, limits.cpus) == (None, None)
+    assert sandbox.container_limits(tmp_path / "nothing", proc) == sandbox.ContainerLimits(None, None)
+
+
+def test_v1_job_groups_are_made_under_the_graders_own_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "cgroup"
+    for controller in ("memory", "pids", "cpuacct"):
+        (root / controller / "service" / "grader").mkdir(parents=True)
+        for group in (root / controller, root / controller / "service" / "grader"):
+            (group / "cgroup.procs").write_text("")
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text("9:memory:/service/grader\n8:pids:/service/grader\n2:cpu,cpuacct:/service/grader\n")
+    monkeypatch.setattr(sandbox, "CGROUP_ROOT", root)
+    monkeypatch.setattr(sandbox, "PROC_SELF_CGROUP", proc)
+    sandbox.probe.cache_clear()
+    try:
+        p = sandbox.probe()
+        assert dict(p.v1_parents) == {c: str(root / c / "service" / "grader" / "l1l2-grader") for c in ("memory", "pids", "cpuacct")}
+        with sandbox.Limits(memory_bytes=2**30) as limits:
+            # Under the grader's group, so a limit on that group (a container's, a service's) also holds for the job.
+            assert limits.groups["memory"] == root / "memory" / "service" / "grader" / "l1l2-grader" / limits.name
+            assert (limits.groups["memory"] / "memory.limit_in_bytes").read_text() == str(2**30)
+        assert not (root / "memory" / "l1l2-grader").exists()
+    finally:
+        sandbox.probe.cache_clear()

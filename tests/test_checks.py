@@ -1004,3 +1004,300 @@ def test_behaviour_is_not_judged_without_training_predictions(rubric: Rubric, bo
     ev = evidence(models=[*evidence().models[:3], dataclasses.replace(cnn_model("l2", accuracy=0.9), train_metric=None)])
 
     assert verdict(ev, rubric, bounds, "integrity.no_test_leakage").passed
+
+
+# ---- a model trained on test rows has no test metric ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "part", "cid", "split"),
+    [("l1", "recap", "recap.l1_mse", "X_train, y_train"), ("l2", "cnn", "cnn.l2_accuracy", "x_train, y_train")],
+)
+def test_a_model_trained_on_test_rows_fails_its_metric_check_however_good_its_score(
+    rubric: Rubric, bounds: Bounds, kind: str, part: str, cid: str, split: str
+) -> None:
+    good = evidence().models
+    if part == "recap":
+        leaky = recap_model(kind, mse=5.0, leaked=17, cell=5)
+        ev = evidence(models=[leaky, *good[1:]])
+    else:
+        leaky = cnn_model(kind, accuracy=0.95, leaked=17, cell=5)
+        ev = evidence(models=[*good[:3], leaky])
+
+    results = results_by_id(ev, rubric, bounds)
+    result = results[cid]
+
+    assert not result.passed and result.score == 0.0
+    assert "fit in code cell 5" in result.message
+    assert "17 test-set examples among the rows it was trained on" in result.message
+    assert "measured on test examples it was trained on" in result.message
+    assert f"so it is not a test {'MSE' if part == 'recap' else 'accuracy'}" in result.message
+    assert f"Train only on the training split ({split})" in result.message
+    assert result.details["leaked_test_rows"] == 17
+    assert results[f"{part}.{kind}_regularizer"].passed  # the penalty is judged as before
+
+
+def test_a_cnn_more_accurate_on_test_images_than_on_training_images_fails_its_accuracy_check(
+    rubric: Rubric, bounds: Bounds
+) -> None:
+    suspicious = dataclasses.replace(cnn_model("l2", accuracy=0.49), train_metric=0.26, metric_rows=[1000, 1000])
+    ev = evidence(models=[*evidence().models[:3], suspicious])
+
+    result = verdict(ev, rubric, bounds, "cnn.l2_accuracy")
+
+    assert not result.passed and result.score == 0.0
+    assert "more accurate on the test images (0.490) than on training images" in result.message
+    assert "so it is not a test accuracy" in result.message
+    assert verdict(ev, rubric, bounds, "cnn.l1_accuracy").passed  # the other model is not tarred with it
+
+
+def test_the_metric_checks_say_in_the_rubric_that_test_rows_fail_them(rubric: Rubric) -> None:
+    for cid in ("recap.l1_mse", "recap.l2_mse", "cnn.l1_accuracy", "cnn.l2_accuracy"):
+        spec = rubric.checks[cid]
+        assert "not trained on test rows" in spec.description, cid
+        assert "trained on test rows" in spec.note, cid
+
+
+# ---- a training cell that did not complete is not blamed on the penalty -------------------------
+
+TIME_LIMIT = "KeyboardInterrupt: the cell reached its time limit"
+
+
+def _stopped_cells(status: str, name: str, value: str) -> list[CellOutcome]:
+    """Recap and the L1 CNN ran; the cell that trains the L2 CNN (code cell 5) did not complete."""
+    return [*cells(recap=3, cnn=2), CellOutcome(5, status, 600.0, "cnn", name, value)]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("status", "name", "value", "said"),
+    [
+        pytest.param(
+            "timeout", "GraderCellTimeout", "the cell ran longer than its 600 s limit and was interrupted",
+            "practice code cell 5 reached the cell time limit (600 s)", id="timeout",
+        ),
+        pytest.param(
+            "deadline", "NotebookDeadline", "not run: the notebook's time limit (1800 s) was reached",
+            "practice code cell 5 was stopped at the notebook's time limit (1800 s)", id="deadline",
+        ),
+        pytest.param(
+            "dead_kernel", "KernelDied", "the kernel died while this cell ran",
+            "practice code cell 5 did not finish: the kernel died (often out of memory)", id="dead-kernel",
+        ),
+        pytest.param(
+            "error", "ResourceExhaustedError", "OOM when allocating tensor",
+            "practice code cell 5 failed with ResourceExhaustedError: OOM when allocating tensor", id="error",
+        ),
+    ],
+)
+def test_a_training_cell_that_did_not_complete_is_named_instead_of_blaming_the_penalty(
+    rubric: Rubric, bounds: Bounds, status: str, name: str, value: str, said: str
+) -> None:
+    ev = evidence(cells=_stopped_cells(status, name, value), models=evidence().models[:3])  # no L2 CNN captured
+
+    result = verdict(ev, rubric, bounds, "cnn.l2_regularizer")
+
+    assert not result.passed
+    assert result.message.startswith(f"Your {said}")
+    assert "Every one of these models" not in result.message
+    assert "instead of" not in result.message
+    assert "GraderCellTimeout" not in result.message and "NotebookDeadline" not in result.message
+    assert "KernelDied" not in result.message
+    assert result.details["failed_cells"] == [5]
+
+
+def test_an_interrupted_training_is_named_with_its_model_and_cell(rubric: Rubric, bounds: Bounds) -> None:
+    stopped = cnn_model(None, cell=5)
+    assert stopped.facts is not None
+    stopped = dataclasses.replace(
+        stopped,
+        interrupted=TIME_LIMIT,
+        facts=dataclasses.replace(stopped.facts, loaded=False, load_error="no saved model was found for this fit"),
+    )
+    cells_ = _stopped_cells("timeout", "GraderCellTimeout", "the cell ran longer than its 600 s limit and was interrupted")
+    ev = evidence(cells=cells_, models=[*evidence().models[:3], stopped])
+
+    result = verdict(ev, rubric, bounds, "cnn.l2_regularizer")
+
+    assert not result.passed
+    assert result.message.startswith("Your practice code cell 5 reached the cell time limit (600 s) and was interrupted: ")
+    assert (
+        "the training of model 2 (fit in code cell 5) was interrupted before it finished (the cell reached its time limit)"
+        in result.message
+    )
+    assert "(its training was interrupted: the cell reached its time limit)" in result.message  # in its description
+    assert "KeyboardInterrupt" not in result.message
+    assert "Every one of these models" not in result.message and "instead of" not in result.message
+    assert result.details["interrupted"] == {stopped.key: TIME_LIMIT}
+
+
+def test_an_interrupted_training_in_a_cell_that_caught_the_interrupt_is_still_named(rubric: Rubric, bounds: Bounds) -> None:
+    stopped = dataclasses.replace(cnn_model("l1", cell=5), key="cnn_l1_again", interrupted=TIME_LIMIT)
+    ev = evidence(models=[*evidence().models[:3], stopped])  # every cell ran: the notebook caught KeyboardInterrupt
+
+    message = verdict(ev, rubric, bounds, "cnn.l2_regularizer").message
+
+    assert message.startswith("The training of model 2 (fit in code cell 5) was interrupted before it finished")
+    assert "Every one of these models" not in message
+
+
+def test_a_wrong_penalty_with_every_cell_complete_still_gets_the_other_kind_hint(rubric: Rubric, bounds: Bounds) -> None:
+    message = verdict(evidence(models=evidence().models[:3]), rubric, bounds, "cnn.l2_regularizer").message
+
+    assert "Every one of these models has an L1 weight penalty" in message
+    assert "needs kernel_regularizer=tf.keras.regularizers.L2(...) instead of L1" in message
+
+
+@pytest.mark.parametrize(("accuracy", "passed"), [(0.62, True), (0.3, False)], ids=["within-bound", "below-bound"])
+def test_the_metric_of_an_interrupted_training_is_judged_and_explained(
+    rubric: Rubric, bounds: Bounds, accuracy: float, passed: bool
+) -> None:
+    stopped = dataclasses.replace(cnn_model("l2", accuracy=accuracy, cell=6), interrupted=TIME_LIMIT)
+    ev = evidence(models=[*evidence().models[:3], stopped])
+
+    result = verdict(ev, rubric, bounds, "cnn.l2_accuracy")
+
+    assert result.passed is passed
+    assert (
+        "This is the test accuracy of a model whose training was interrupted before it finished "
+        "(in code cell 6: the cell reached its time limit)"
+    ) in result.message
+    assert "KeyboardInterrupt" not in result.message
+    assert result.details["interrupted"] == TIME_LIMIT
+
+
+def test_a_recap_cell_whose_kernel_died_says_so_in_the_runs_check(rubric: Rubric, bounds: Bounds) -> None:
+    dead = [CellOutcome(0, "dead_kernel", 3.0, "recap", "KernelDied", "the kernel died while this cell ran")]
+
+    message = verdict(evidence(cells=dead), rubric, bounds, "recap.runs").message
+
+    assert message.startswith("Recap code cell 0 did not finish: the kernel died (often out of memory). ")
+    assert "less memory" in message and "KernelDied" not in message
+
+
+# ---- raw errors are for instructors ----------------------------------------------------------
+
+KERAS_LOAD_ERROR = (
+    "TypeError: <class 'keras.src.models.sequential.Sequential'> could not be deserialized properly. Please ensure "
+    "that components that are Python object instances (layers, models, etc.) returned by `get_config()` are "
+    "explicitly deserialized in the model's `from_config()` method."
+)
+
+
+def test_a_keras_error_loading_a_model_is_explained_plainly_and_kept_for_instructors(
+    rubric: Rubric, bounds: Bounds
+) -> None:
+    broken = recap_model(None)
+    assert broken.facts is not None
+    broken = dataclasses.replace(broken, facts=dataclasses.replace(broken.facts, loaded=False, load_error=KERAS_LOAD_ERROR))
+    ev = evidence(models=[broken, *evidence().models[2:]])
+
+    result = verdict(ev, rubric, bounds, "recap.l1_regularizer")
+
+    assert "could not be inspected: the grader could not read this model back" in result.message
+    assert "built-in layers" in result.message
+    assert "TypeError" not in result.message and "from_config" not in result.message
+    assert result.details["load_errors"] == {broken.key: KERAS_LOAD_ERROR}
+
+
+@pytest.mark.parametrize(
+    ("metric_error", "said"),
+    [
+        pytest.param(
+            f"the saved model could not be reloaded ({KERAS_LOAD_ERROR})",
+            "the grader could not read this model back", id="reload",
+        ),
+        pytest.param(
+            "the model could not predict on the test inputs (ValueError: Input 0 of layer \"dense\" is incompatible)",
+            "the model could not predict on the test inputs: it raised an error", id="predict",
+        ),
+        pytest.param(
+            "Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: boom",
+            "the grader ran into an error while scoring it", id="traceback",
+        ),
+    ],
+)
+def test_a_metric_error_quoting_an_exception_is_explained_plainly(
+    rubric: Rubric, bounds: Bounds, metric_error: str, said: str
+) -> None:
+    failing = dataclasses.replace(recap_model("l1", mse=None), metric_error=metric_error)
+    ev = evidence(models=[failing, *evidence().models[1:]])
+
+    result = verdict(ev, rubric, bounds, "recap.l1_mse")
+
+    assert not result.passed
+    assert f"could not recompute the test MSE of your L1 recap model: {said}" in result.message
+    assert "Error" not in result.message and "Traceback" not in result.message
+    assert result.details["metric_error"] == metric_error
+
+
+# ---- penalties measured from training, in the student's words --------------------------------
+
+
+def measured_cnn(kind: str, source: str, **kw: Any) -> ModelEvidence:
+    m = cnn_model(kind, **kw)
+    assert m.facts is not None
+    layers = [
+        dataclasses.replace(x, kernel_regularizer=dataclasses.replace(x.kernel_regularizer, source=source))
+        if x.kernel_regularizer
+        else x
+        for x in m.facts.layers
+    ]
+    return dataclasses.replace(m, facts=dataclasses.replace(m.facts, layers=layers), penalty_evidence="measured")
+
+
+def test_a_measured_penalty_is_reported_in_the_students_words(rubric: Rubric, bounds: Bounds) -> None:
+    ev = evidence(models=[*evidence().models[:2], measured_cnn("l1", "an L1 term in the training loss"), cnn_model("l2")])
+
+    results = results_by_id(ev, rubric, bounds)
+
+    assert results["cnn.l1_regularizer"].message == (
+        "Found a model trained on CIFAR-10 with a convolution layer with an L1 weight penalty "
+        "(an L1 term in the training loss, on conv2d, dense, dense_1)."
+    )
+    # A penalty read from the saved configuration keeps its wording.
+    assert results["cnn.l2_regularizer"].message.endswith("(kernel_regularizer on conv2d, dense, dense_1).")
+
+
+def test_describe_penalties_names_a_measured_source_once_for_its_layers() -> None:
+    m = measured_cnn("l2", "kernel_regularizer=L2(0.0001)")
+    assert m.facts is not None
+
+    assert checks.describe_penalties(m.facts.layers) == [
+        "kernel_regularizer=L2(0.0001), on Conv2D 'conv2d', Dense 'dense', Dense 'dense_1'"
+    ]
+
+
+def test_a_measured_wrong_penalty_is_told_both_ways_to_add_the_right_one(rubric: Rubric, bounds: Bounds) -> None:
+    wrong = measured_cnn("l2", "an L2 term in the training loss")
+    ev = evidence(models=[*evidence().models[:2], wrong])
+
+    message = verdict(ev, rubric, bounds, "cnn.l1_regularizer").message
+
+    assert (
+        "needs an L1 weight penalty (kernel_regularizer=tf.keras.regularizers.L1(...), or an L1 term on the weights "
+        "in your training loss) instead of L2"
+    ) in message
+    assert "an L2 term in the training loss, on Conv2D 'conv2d'" in message
+
+
+def test_a_measured_model_without_penalty_is_told_both_ways_to_add_one(rubric: Rubric, bounds: Bounds) -> None:
+    bare = dataclasses.replace(cnn_model(None), penalty_evidence="measured")
+    ev = evidence(models=[*evidence().models[:2], bare])
+
+    message = verdict(ev, rubric, bounds, "cnn.l1_regularizer").message
+
+    assert (
+        "Add an L1 weight penalty (kernel_regularizer=tf.keras.regularizers.L1(...), or an L1 term on the weights in "
+        "your training loss)"
+    ) in message
+
+
+def test_a_training_ended_by_an_exception_names_the_exception_without_its_module(rubric: Rubric, bounds: Bounds) -> None:
+    raised = "tensorflow.python.framework.errors_impl.ResourceExhaustedError: OOM when allocating tensor"
+    stopped = dataclasses.replace(cnn_model("l1", cell=5), key="cnn_l1_again", interrupted=raised)
+    ev = evidence(models=[*evidence().models[:3], stopped])
+
+    message = verdict(ev, rubric, bounds, "cnn.l2_regularizer").message
+
+    assert "(its training was interrupted: it raised ResourceExhaustedError: OOM when allocating tensor)" in message
+    assert "errors_impl" not in message

@@ -68,3 +68,11 @@ def gradescope_check_ids() -> tuple[str, ...]:
     from grader.judging.checks import CHECK_IDS
 
     return CHECK_IDS
+
+
+def test_the_bundle_writes_the_time_budget_into_run_autograder(tmp_path: Path) -> None:
+    out = gradescope.bundle(tmp_path / "autograder.zip", profile="tiny", time_budget=1500)
+    with zipfile.ZipFile(out) as zf:
+        script = zf.read("run_autograder").decode()
+    assert 'export GRADER_TIME_BUDGET="${GRADER_TIME_BUDGET:-1500}"' in script
+    assert "GRADER_SANDBOX=off" in script

@@ -26,7 +26,7 @@ KERNEL_THIRD_PARTY = frozenset({"numpy", "tensorflow", "keras"})
 # The grader modules each process may reach. The runner process reads the job dir and writes cells.json
 # and the executed notebook (records, outputs, text), finds neutralised lines (submissions) and builds
 # the kernel's environment (sandbox, gpu); the evaluator process loads models and answers requests
-# (protocol, inspect, records, and outputs, through which records writes its files).
+# (protocol, inspect, graphs, records, and outputs, through which records writes its files).
 PROCESS_MAY_REACH = {
     "grader.runner.process": frozenset(
         {
@@ -44,6 +44,7 @@ PROCESS_MAY_REACH = {
         {
             "grader",
             "grader.evaluator",
+            "grader.evaluator.graphs",
             "grader.evaluator.inspect",
             "grader.evaluator.protocol",
             "grader.outputs",

@@ -441,8 +441,9 @@ def test_roster_round_trip_fills_the_column_keeps_points_possible_and_lists_the_
     rows = read_rows(out)
     assert report.column == "L1L2 Exercise (12345)" and not report.added_column
     assert rows[1] == ROSTER.splitlines()[1].split(",")  # Points Possible row as it was
-    assert [r[5] for r in rows[2:]] == ["11.5", "12", "", ""]
-    assert report.filled == ("12345", "23456")
+    assert [r[5] for r in rows[2:]] == ["11.5", "3.00", "", ""]  # Roe's 3.00 (entered in Canvas) is kept
+    assert report.filled == ("12345",)
+    assert [(c.canvas_id, c.existing, c.score, c.why) for c in report.kept] == [("23456", "3.00", "12", "graded")]
     assert report.roster_without_result == (("34567", "Smith, Sam"), ("99999", "Student, Test"))
     assert report.results_without_roster == ("77777",)
     assert any("Smith, Sam (34567)" in line for line in report.lines())
@@ -453,7 +454,7 @@ def test_roster_keeps_every_untouched_line_byte_for_byte(tmp_path: Path) -> None
     roster.write_bytes(ROSTER.replace("\n", "\r\n").encode())
     out = tmp_path / "import.csv"
 
-    write_canvas_roster(roster, out, {"23456": 7}, "12345", 12)
+    write_canvas_roster(roster, out, {"23456": 7}, "12345", 12, overwrite=True)
 
     before = roster.read_bytes().split(b"\r\n")
     after = out.read_bytes().split(b"\r\n")
@@ -468,7 +469,7 @@ def test_roster_without_the_column_gets_a_new_assignment_column_with_its_points(
     roster.write_text(ROSTER)
     out = tmp_path / "import.csv"
 
-    report = write_canvas_roster(roster, out, {"34567": 10.333}, None, 12)
+    report = write_canvas_roster(roster, out, {"34567": 10.333}, None, 12, add_column=True)
 
     rows = read_rows(out)
     assert report.added_column and report.column == DEFAULT_COLUMN
@@ -493,7 +494,7 @@ def test_roster_manual_posting_row_is_kept_and_gets_an_empty_cell_in_a_new_colum
     roster = tmp_path / "export.csv"
     roster.write_text(lines[0] + hidden + "".join(lines[1:]))
 
-    report = write_canvas_roster(roster, tmp_path / "out.csv", {"12345": 5}, "Homework 9", 10)
+    report = write_canvas_roster(roster, tmp_path / "out.csv", {"12345": 5}, "Homework 9", 10, add_column=True)
 
     rows = read_rows(tmp_path / "out.csv")
     assert report.added_column and report.column == "Homework 9"
@@ -542,7 +543,7 @@ def test_roster_is_written_atomically_with_mode_0644(tmp_path: Path) -> None:
     roster.write_text(ROSTER)
     out = tmp_path / "grades" / "import.csv"
 
-    write_canvas_roster(roster, out, {"12345": 1}, None, 12)
+    write_canvas_roster(roster, out, {"12345": 1}, None, 12, add_column=True)
 
     assert out.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in out.parent.iterdir()] == ["import.csv"]
@@ -556,9 +557,10 @@ def test_canvas_download_grades_flow_back_into_the_roster_by_user_id(tmp_path: P
 
     report = write_canvas_roster(roster, tmp_path / "import.csv", results, "L1L2 Exercise (12345)", 12)
 
-    assert report.filled == ("12345", "23456", "34567")
+    assert report.filled == ("12345", "34567")  # Roe's cell already held 3.00: kept, not counted
+    assert [c.canvas_id for c in report.kept] == ["23456"]
     assert report.results_without_roster == ("45678",)
-    assert [r[5] for r in read_rows(tmp_path / "import.csv")[2:]] == ["10", "10", "0", ""]
+    assert [r[5] for r in read_rows(tmp_path / "import.csv")[2:]] == ["10", "3.00", "0", ""]
 
 
 def test_roster_in_another_encoding_keeps_its_bytes(tmp_path: Path) -> None:

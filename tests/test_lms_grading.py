@@ -114,3 +114,17 @@ def test_a_file_that_is_not_a_zip_or_a_folder_is_a_usage_error(tmp_path: Path) -
     proc = _grade(tmp_path / "notes.txt", tmp_path / "grades")
     out = proc.stdout + proc.stderr
     assert proc.returncode not in (0, 1) and "--submissions" in out and "Traceback" not in out, out
+
+
+def test_a_roster_without_the_column_stops_the_run_before_anything_is_graded(tmp_path: Path) -> None:
+    roster = tmp_path / "export.csv"
+    roster.write_text(ROSTER.replace("L1/L2 Regularization Exercise (555)", "L1/L2 Regularisation (555)"))
+    (tmp_path / "subs").mkdir()
+    (tmp_path / "subs" / "alice.ipynb").write_bytes(notebook_bytes("print(1)"))
+
+    proc = _grade(tmp_path / "subs", tmp_path / "grades", "--roster", str(roster))
+
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 4, out[-3000:]
+    assert "--add-column" in out and "'L1/L2 Regularisation (555)'" in out and "Traceback" not in out
+    assert not (tmp_path / "grades" / "students").exists()

@@ -11,8 +11,10 @@ it loaded) and a ``pred_NNNN.npy``, until ``requests/END`` is there and every re
 For each request it copies the custody copy into its own folder (``protocol.copy_artifact``), refuses a
 copy whose digest is not the one taken, loads its own copy and reports that copy's digest. Model files
 are untrusted input: ``.keras`` files are loaded with Keras safe mode (no lambdas, no arbitrary code),
-after a size check; artifacts holding symbolic links are refused. It imports, of the grader, only the
-shared ``protocol.py``, ``inspect.py`` and ``grader.records``.
+after a size check; an exported graph (a SavedModel) is loaded only once ``graphs.refusal`` finds no
+operation that reads or writes files, calls Python or reaches another process in it; artifacts holding
+symbolic links are refused. It imports, of the grader, only the shared ``protocol.py``, ``inspect.py``,
+``graphs.py`` and ``grader.records``.
 """
 
 from __future__ import annotations
@@ -67,16 +69,21 @@ def _facts_from_kernel_report(report: list[dict[str, Any]]) -> list[Any]:
     facts = []
     for entry in report:
         cls = str(entry.get("class_name", ""))
+        weights = entry.get("weights") if isinstance(entry.get("weights"), dict) else {}
+        shapes = [s for s in weights.values() if isinstance(s, list)]
         facts.append(
             LayerFacts(
                 name=str(entry.get("name", "")),
                 class_name=cls,
-                is_conv=is_conv_class(cls),
-                has_kernel=entry.get("kernel_variable") is not None,
+                # A four-dimensional weight is a convolution kernel, whatever the layer's class is called.
+                is_conv=is_conv_class(cls) or any(len(s) == 4 for s in shapes),
+                has_kernel=entry.get("kernel_variable") is not None or bool(shapes),
                 kernel_params=0,
                 kernel_regularizer=regularizer_from_config(entry.get("kernel_regularizer")),
                 bias_regularizer=regularizer_from_config(entry.get("bias_regularizer")),
                 activity_regularizer=regularizer_from_config(entry.get("activity_regularizer")),
+                path=str(entry.get("path", "")),
+                weights=[str(k) for k in weights],
             )
         )
     return facts
@@ -102,17 +109,17 @@ def evaluate_model(entry: dict[str, Any], out_dir: Path, pred_name: str | None =
             source = "keras"
             predictor = model
         else:
+            from grader.evaluator import graphs
+
+            refused = graphs.refusal(path)
+            if refused:
+                return _replace(empty, load_error=f"the saved model was refused: {refused}"[:600])
             import tensorflow as tf
 
             loaded = tf.saved_model.load(str(path))
             report = json.loads(Path(entry["facts_file"]).read_text()) if entry.get("facts_file") else []
             layers = _facts_from_kernel_report(report)
-            # Exported variable names repeat ("model/kernel:0" for every layer): key them by position.
-            arrays = {
-                f"{i}:{v.name}": v.numpy()
-                for i, v in enumerate(loaded.variables)
-                if "kernel" in v.name and len(v.shape) >= 2
-            }
+            arrays = _trained_weights(loaded)
             source = "savedmodel+kernel-facts"
             predictor = loaded.serve
     except Exception as exc:
@@ -166,11 +173,81 @@ def evaluate_model(entry: dict[str, Any], out_dir: Path, pred_name: str | None =
         return facts  # the test predictions stand; only the comparison with training rows is missing
 
 
-def _predict(predictor: Any, source: str, x: np.ndarray) -> Any:
-    """A reloaded model's outputs for ``x``: Keras's ``predict``, or the exported graph's ``serve`` in batches."""
+def _trained_weights(loaded: Any) -> dict[str, np.ndarray]:
+    """The weight arrays of a loaded SavedModel that sparsity is measured on: every trainable variable of two
+    dimensions or more (a custom layer's weight may be named "w", not "kernel"), keyed by position and name
+    (exported names repeat: "dense/kernel:0" in two sub-models)."""
+    variables = getattr(loaded, "trainable_variables", None)
+    if variables is None and getattr(loaded, "variables", None) is not None:
+        variables = [v for v in loaded.variables if getattr(v, "trainable", False)]
+    if variables is None:  # a plain tf.Module saved as it is: the trainable variables its serve function captures
+        variables = []
+        for function in getattr(getattr(loaded, "serve", None), "concrete_functions", None) or []:
+            variables += [v for v in function.trainable_variables if not any(v is seen for seen in variables)]
+    out = {}
+    for i, v in enumerate(list(variables)):
+        shape = getattr(v, "shape", None)
+        if shape is not None and len(shape) >= 2 and hasattr(v, "numpy"):
+            out[f"{i}:{v.name}"] = np.asarray(v.numpy())
+    return out
+
+
+def input_structure(predictor: Any, source: str) -> Any:
+    """How to hand one array to a model built with a named or nested single input (``keras.Model(inputs={"pixels":
+    inp}, ...)``): a function of the array giving the structure the model expects (``{"pixels": x}``), or None
+    where the model's input is not one array in a structure.
+
+    The structure is the Keras model's ``model.input`` or, for an exported graph's ``serve``, the one positional
+    argument of its traced signature (``structured_input_signature``).
+    """
     if source == "keras":
-        return predictor.predict(x, batch_size=PREDICT_BATCH, verbose=0)
-    return np.concatenate([np.asarray(predictor(x[i : i + PREDICT_BATCH])) for i in range(0, len(x), PREDICT_BATCH)])
+        import keras
+
+        try:
+            structure = predictor.input
+        except Exception:  # a subclassed model that was never called has no input
+            return None
+        flatten, pack = keras.tree.flatten, keras.tree.pack_sequence_as
+    else:
+        import tensorflow as tf
+
+        structure = None
+        for function in getattr(predictor, "concrete_functions", None) or [predictor]:
+            signature: Any = getattr(function, "structured_input_signature", None) or ((), {})
+            args, kwargs = signature
+            if len(args) == 1 and not kwargs:
+                structure = args[0]
+                break
+        if structure is None:
+            return None
+        flatten, pack = tf.nest.flatten, tf.nest.pack_sequence_as
+    leaves = flatten(structure)
+    if len(leaves) != 1 or leaves[0] is structure:
+        return None  # several inputs, or a bare one
+    return lambda x: pack(structure, [x])
+
+
+def _predict(predictor: Any, source: str, x: np.ndarray) -> Any:
+    """A reloaded model's outputs for ``x``: Keras's ``predict``, or the exported graph's ``serve`` in batches.
+
+    A model that refuses a bare array because it was built with one named input (a dict) is given ``{name: x}``
+    instead (:func:`input_structure`).
+    """
+    try:
+        return _run(predictor, source, x, lambda batch: batch)
+    except Exception:
+        wrap = input_structure(predictor, source)
+        if wrap is None:
+            raise
+    return _run(predictor, source, x, wrap)
+
+
+def _run(predictor: Any, source: str, x: np.ndarray, wrap: Any) -> Any:
+    if source == "keras":
+        return predictor.predict(wrap(x), batch_size=PREDICT_BATCH, verbose=0)
+    return np.concatenate(
+        [np.asarray(predictor(wrap(x[i : i + PREDICT_BATCH]))) for i in range(0, len(x), PREDICT_BATCH)]
+    )
 
 
 def _replace(facts: ModelFacts, **changes: Any) -> ModelFacts:

@@ -15,7 +15,7 @@ import numpy as np
 
 from grader import submissions
 from grader.evaluator.inputs import TRAIN_PROBE_ROWS, CanonicalInputs
-from grader.judging import provenance
+from grader.judging import penalties, provenance
 from grader.judging.matching import Matches
 from grader.records import (
     PARTS,
@@ -74,6 +74,8 @@ def assemble(
     timings = {f"runner_{k}": float(v) for k, v in run.get("timings", {}).items()}
     t0 = time.monotonic()
     models = model_evidence(job_dir, fits, cell_of, timings, evals, matches=matches, inputs=inputs, facts=facts)
+    code = "\n".join(c.source for c in prepared.cells if c.cell_type == "code")
+    models = [penalties.cross_check(m, code) for m in models]
     evaluations = evaluation_evidence(job_dir, evals, models, matches)
     timings["evaluation"] = time.monotonic() - t0
     timings["training"] = float(sum(m.train_seconds for m in models))
@@ -137,7 +139,10 @@ def model_evidence(
     got = facts([(fit, spec) for fit, _, spec, *_ in entries], timings)
     out = []
     for fit, match, spec, label_map, prepared, prepared_from in entries:
-        f, untrained = _trained_facts(got.get(fit.index), fit)
+        cell = cell_of.get(fit.cell) if fit.cell is not None else None
+        f, untrained, judged_by = penalties.apply_measured(got.get(fit.index), fit, cell)
+        if judged_by == "declared":
+            f, untrained = _trained_facts(f, fit)
         metric, metric_name, error = None, "", ""
         if match.dataset in matches.canonicals:
             metric_name = "mse" if match.dataset == "boston" else "accuracy"
@@ -162,7 +167,7 @@ def model_evidence(
                 key=fit.model_key,
                 fit_index=fit.index,
                 fit_indices=[x.index for x in all_fits[fit.model_key]],
-                cell=cell_of.get(fit.cell) if fit.cell is not None else None,
+                cell=cell,
                 dataset=match.dataset,
                 data_verified=match.verified or drawn,
                 data_note=match.note
@@ -187,6 +192,9 @@ def model_evidence(
                 prepared_from=prepared_from,
                 train_metric=train_metric,
                 metric_rows=metric_rows(matches.canonicals, match.dataset),
+                interrupted=fit.interrupted,
+                penalty_evidence=judged_by,
+                notes=list(dict.fromkeys(n for x in all_fits[fit.model_key] for n in x.notes)),
             )
         )
     return out

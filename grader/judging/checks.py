@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from grader.judging.hints import keras3_hint
+from grader.judging.hints import keras3_hint, quotes_exception, unreadable_model
 from grader.records import (
     CNN,
     RECAP,
@@ -218,26 +218,109 @@ def pick(models: list[ModelEvidence], kind: str) -> ModelEvidence | None:
 
 
 def describe_penalties(layers: list[LayerFacts]) -> list[str]:
-    out = []
+    """Each penalty of the layers, ``kernel_regularizer=L1(0.0001) on Dense 'dense'``; a penalty measured from
+    training says where it came from in the student's words, once for the layers that share that source
+    (``an L1 term in the training loss, on Conv2D 'conv2d', Dense 'dense'``)."""
+    out: list[str] = []
+    measured: dict[tuple[str, str], list[str]] = {}  # (attr, source) -> layers, in order
+    at: dict[tuple[str, str], int] = {}  # where each source's entry goes among the others
     for layer in layers:
         for attr in ("kernel_regularizer", "bias_regularizer", "activity_regularizer"):
             reg = getattr(layer, attr)
-            if reg is not None:
-                strength = reg.l1 if reg.kind == "l1" else reg.l2 if reg.kind == "l2" else None
-                amount = f"({strength:g})" if strength is not None else ""
-                out.append(f"{attr}={KIND_NAME.get(reg.kind, reg.kind)}{amount} on {layer.class_name} '{layer.name}'")
+            if reg is None:
+                continue
+            where = f"{layer.class_name} '{layer.name}'"
+            if reg.source:
+                group = (attr, reg.source)
+                if group not in measured:
+                    measured[group] = []
+                    at[group] = len(out)
+                    out.append("")
+                measured[group].append(where)
+                continue
+            strength = reg.l1 if reg.kind == "l1" else reg.l2 if reg.kind == "l2" else None
+            amount = f"({strength:g})" if strength is not None else ""
+            out.append(f"{attr}={KIND_NAME.get(reg.kind, reg.kind)}{amount} on {where}")
+    for group, wheres in measured.items():
+        out[at[group]] = f"{group[1]}, on {', '.join(wheres)}"
     return out
+
+
+def penalty_sources(m: ModelEvidence) -> str:
+    """Where a model's kernel penalties are, for a message: ``kernel_regularizer on conv2d, dense``, or, for
+    penalties measured from training, their sources in the student's words (``an L1 term in the training
+    loss, on conv2d, dense``)."""
+    groups: dict[str, list[str]] = {}
+    for layer in m.facts.layers if m.facts else []:
+        if layer.kernel_regularizer:
+            groups.setdefault(layer.kernel_regularizer.source, []).append(layer.name)
+    if list(groups) == [""]:
+        return f"kernel_regularizer on {', '.join(groups[''])}"
+    return "; ".join(f"{source or 'kernel_regularizer'}, on {', '.join(names)}" for source, names in groups.items())
 
 
 def describe_model(m: ModelEvidence, n: int) -> str:
     where = f"fit in code cell {m.cell}" if m.cell is not None else "fit"
+    stopped = f" (its training was interrupted: {why_interrupted(m)})" if m.interrupted else ""
     if m.facts is None or not m.facts.loaded:
-        why = m.facts.load_error if m.facts else "no saved model"
-        return f"model {n} ({where}) could not be inspected: {why}"
+        why = unreadable_model(m.facts.load_error) if m.facts else "no saved model"
+        return f"model {n} ({where}) could not be inspected: {why}{stopped}"
     arch = " -> ".join(layer.class_name for layer in m.facts.layers if layer.class_name != "InputLayer") or "no layers"
     pens = describe_penalties(m.facts.layers)
     text = f"model {n} ({where}: {arch}) has " + ("; ".join(pens) if pens else "no regularizer at all")
-    return text + untrained_explanation(m)
+    return text + stopped + untrained_explanation(m)
+
+
+def load_errors(models: list[ModelEvidence]) -> dict[str, str]:
+    """The raw errors of loading the models that could not be read back, by model key: for instructors only."""
+    return {m.key: m.facts.load_error for m in models if m.facts is not None and not m.facts.loaded and m.facts.load_error}
+
+
+_EXCEPTION_PREFIX = re.compile(
+    r"^\s*(?P<name>(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Interrupt|Exit|Warning))\s*(?::\s*(?P<rest>.*))?$", re.S
+)
+
+
+def why_interrupted(m: ModelEvidence) -> str:
+    """Why a model's training ended early, in plain words: ``the cell reached its time limit`` for the
+    interrupt the grader sends at a cell's time limit, else the exception that ended it."""
+    text = m.interrupted.strip().rstrip(".")
+    match = _EXCEPTION_PREFIX.match(text)
+    if match is None:
+        return text
+    name, rest = match["name"], (match["rest"] or "").strip()
+    if name.endswith("KeyboardInterrupt"):
+        return rest or "it was interrupted"
+    if len(rest) > MAX_QUOTED_ERROR:
+        rest = rest[: MAX_QUOTED_ERROR - 3].rstrip() + "..."
+    return f"it raised {name.rsplit('.', 1)[-1]}" + (f": {rest}" if rest else "")
+
+
+def describe_interrupted(m: ModelEvidence, n: int | None = None) -> str:
+    """``the training of model 2 (fit in code cell 7) was interrupted before it finished (the cell reached its
+    time limit)``."""
+    which = f"model {n}" if n is not None else "the model"
+    where = f" (fit in code cell {m.cell})" if m.cell is not None else ""
+    return f"the training of {which}{where} was interrupted before it finished ({why_interrupted(m)})"
+
+
+def plain_metric_error(text: str) -> str:
+    """Why a metric could not be recomputed, for a student: the grader's own words, with any raw exception
+    they quote (``the saved model could not be reloaded (TypeError: ...)``) replaced by what it means."""
+    if not quotes_exception(text):
+        return text
+    match = re.match(r"^(?P<head>[^()]*?)\s*\((?P<raw>.*)\)\s*$", text, re.S)
+    head, raw = (match["head"].strip(), match["raw"]) if match else ("", text)
+    if quotes_exception(head) or not head:
+        return "the grader ran into an error while scoring it"
+    if head.startswith("the saved model could not be reloaded"):
+        return unreadable_model(raw)
+    if head.startswith("the model could not predict"):
+        return (
+            f"{head}: it raised an error when the grader gave it the test inputs, prepared the way its training "
+            "data was; check that it takes inputs shaped like the data it was trained on"
+        )
+    return head
 
 
 def untrained_explanation(m: ModelEvidence) -> str:
@@ -290,6 +373,8 @@ def check_runs(ev: Evidence, spec: CheckSpec) -> CheckResult:
         )
     elif first.status == "timeout":
         hint = "Make it faster or check for an endless loop."
+    elif first.status != "error":
+        hint = failure_fix(first)
     else:
         hint = keras3_hint(first.error_name, first.error_value)
         hint = (hint + " Then" if hint else "Fix the error and") + " run the notebook top to bottom before submitting."
@@ -306,14 +391,47 @@ MAX_QUOTED_ERROR = 400
 
 
 def describe_failure(cell: CellOutcome) -> str:
-    """``code cell 4 failed with ValueError: ...``: the message without its final period, cut to MAX_QUOTED_ERROR
-    characters."""
-    if not cell.error_name:
-        return f"code cell {cell.index} did not complete (status: {cell.status})"
+    """What happened to a code cell that did not complete, starting ``code cell N``: ``code cell 4 failed with
+    ValueError: ...`` (the message without its final period, cut to MAX_QUOTED_ERROR characters), or which
+    limit stopped it (``code cell 4 reached the cell time limit (600 s) and was interrupted``)."""
     value = cell.error_value.strip().rstrip(".")
+    seconds = re.search(r"(\d+) s\b", value)
+    limit = f" ({seconds[1]} s)" if seconds else ""
+    if cell.status == "timeout":
+        return f"code cell {cell.index} reached the cell time limit{limit} and was interrupted"
+    if cell.status == "deadline":
+        return f"code cell {cell.index} was stopped at the notebook's time limit{limit}"
+    if cell.status == "dead_kernel":
+        if value.startswith("not run"):
+            return f"code cell {cell.index} did not run: the kernel had died (often out of memory)"
+        return f"code cell {cell.index} did not finish: the kernel died (often out of memory)"
+    if cell.status == "unknown" or not cell.error_name:
+        return f"code cell {cell.index} did not finish (the grader could not tell how it ended)"
     if len(value) > MAX_QUOTED_ERROR:
         value = value[: MAX_QUOTED_ERROR - 3].rstrip() + "..."
     return f"code cell {cell.index} failed with {cell.error_name}" + (f": {value}" if value else "")
+
+
+def failure_fix(cell: CellOutcome) -> str:
+    """How to get past what stopped a training cell, one sentence."""
+    if cell.status == "timeout":
+        return (
+            "Make that cell finish within the time limit: train for the exercise's number of epochs, not more, "
+            "and check for an endless loop."
+        )
+    if cell.status == "deadline":
+        return (
+            "The whole notebook must finish within its time limit: train each model for the exercise's number of "
+            "epochs, not more, and do not train the same model twice."
+        )
+    if cell.status == "dead_kernel":
+        return (
+            "Use less memory: a smaller batch size, no extra copies of the whole dataset (e.g. as float64), and no "
+            "more models kept than you need."
+        )
+    if cell.status == "error":
+        return keras3_hint(cell.error_name, cell.error_value) or "Fix that error so that the cell that trains the model runs."
+    return "Run the notebook top to bottom and check that every cell completes."
 
 
 def _regularizer_check(ev: Evidence, spec: CheckSpec, part: Part, kind: str) -> CheckResult:
@@ -328,14 +446,15 @@ def _regularizer_check(ev: Evidence, spec: CheckSpec, part: Part, kind: str) -> 
         models, what = cnn_models(ev), "on CIFAR-10 with a convolution layer"
     chosen = pick(models, kind)
     if chosen is not None:
-        layers = [layer.name for layer in chosen.facts.layers if layer.kernel_regularizer] if chosen.facts else []
         return _result(
             spec,
             True,
-            f"Found a model trained {what} with an {upper} weight penalty (kernel_regularizer on {', '.join(layers)}).",
+            f"Found a model trained {what} with an {upper} weight penalty ({penalty_sources(chosen)}).",
             model=chosen.key,
             fit_index=chosen.fit_index,
         )
+    failed = [c for c in ev.cells if c.part == part and c.status != "ok"]
+    more = f" ({len(failed) - 1} later {PART_WORD[part]} cell(s) failed too)" if len(failed) > 1 else ""
     if not all_models:
         data = "the Boston Housing data" if part == RECAP else "CIFAR-10"
         unknown = [m for m in ev.models if m.dataset == "unknown"]
@@ -351,13 +470,8 @@ def _regularizer_check(ev: Evidence, spec: CheckSpec, part: Part, kind: str) -> 
                 " Note also that your code uses activity_regularizer, which penalises the layer's outputs, not its "
                 f"weights; an {upper} weight penalty is kernel_regularizer={reg_fn}."
             )
-        failed = [c for c in ev.cells if c.part == part and c.status != "ok"]
         if failed:
-            fix = keras3_hint(failed[0].error_name, failed[0].error_value) or (
-                "Fix that error so that the cell that trains the model runs."
-            )
-            more = f" ({len(failed) - 1} later {PART_WORD[part]} cell(s) failed too)" if len(failed) > 1 else ""
-            advice = f"Your {PART_WORD[part]} {describe_failure(failed[0])}{more}. {fix}"
+            advice = f"Your {PART_WORD[part]} {describe_failure(failed[0])}{more}. {failure_fix(failed[0])}"
         else:
             advice = "Make sure the cell that trains it runs without error."
         return _result(
@@ -367,6 +481,26 @@ def _regularizer_check(ev: Evidence, spec: CheckSpec, part: Part, kind: str) -> 
             failed_cells=[c.index for c in failed],
         )
     lines = [describe_model(m, i + 1) for i, m in enumerate(all_models)]
+    numbered = {m.key: i + 1 for i, m in enumerate(all_models)}
+    part_cells = {c.index for c in ev.cells if c.part == part}
+    interrupted = [
+        m for m in ev.models if m.interrupted and (m.key in numbered or (m.cell is not None and m.cell in part_cells))
+    ]
+    details: dict[str, Any] = {"models": [m.key for m in all_models]}
+    if failed:
+        details["failed_cells"] = [c.index for c in failed]
+    if interrupted:
+        details["interrupted"] = {m.key: m.interrupted for m in interrupted}
+    raw_errors = load_errors(all_models)
+    if raw_errors:
+        details["load_errors"] = raw_errors
+    measured = any(m.penalty_evidence == "measured" for m in all_models)
+    penalty = (
+        f"an {upper} weight penalty (kernel_regularizer={reg_fn}, or an {upper} term on the weights in your "
+        "training loss)"
+        if measured
+        else f"kernel_regularizer={reg_fn}"
+    )
     hints = []
     facts_layers = [layer for m in all_models if m.facts for layer in m.facts.layers]
     if any(layer.activity_regularizer and layer.activity_regularizer.kind in (kind, "l1_l2") for layer in facts_layers) and not any(
@@ -383,23 +517,49 @@ def _regularizer_check(ev: Evidence, spec: CheckSpec, part: Part, kind: str) -> 
             "None of your CIFAR-10 models has a convolution layer: the practice asks to retrain the CNN "
             "(Conv2D -> MaxPooling2D -> Flatten -> Dense -> Dense) with regularization, not the dense-only network."
         )
+    found = "; ".join(lines)
+    if failed or interrupted:
+        # The model meant to use this penalty may be the one whose training never finished: say what stopped it,
+        # and do not tell the student to change a penalty they may well have written right.
+        stopped = [describe_interrupted(m, numbered.get(m.key)) for m in interrupted]
+        if failed:
+            lead = f"Your {PART_WORD[part]} {describe_failure(failed[0])}{more}"
+            lead += (": " + "; ".join(stopped)) if stopped else ""
+            fix = failure_fix(failed[0])
+        else:
+            lead = "; ".join(stopped)
+            lead = lead[0].upper() + lead[1:]
+            fix = "Let the training finish (train for the exercise's number of epochs, within the cell's time limit)."
+        return _result(
+            spec,
+            False,
+            f"{lead}. The model meant to use {upper} may be one that did not finish training: none of the models "
+            f"found that were trained {what} has an {upper} weight penalty without an {other} one. {fix} Once it "
+            f"trains to the end, the grader checks that it has {penalty} and no {other} one. Found: {found}."
+            + "".join(" " + h for h in hints),
+            **details,
+        )
     other_kind = "l2" if kind == "l1" else "l1"
     if not hints and all(kernel_kinds(m) == {other_kind} for m in all_models):
         hints.append(
             f"Every one of these models has an {other} weight penalty: the model meant to use {upper} needs "
-            f"kernel_regularizer={reg_fn} instead of {other}."
+            f"{penalty} instead of {other}."
         )
     if not hints:
-        hints.append(f"Add kernel_regularizer={reg_fn} to the layers of the model you train with {upper}.")
+        hints.append(f"Add {penalty} to the layers of the model you train with {upper}.")
     return _result(
         spec,
         False,
         f"No model trained {what} has an {upper} weight penalty without an {other} one. Found: "
-        + "; ".join(lines)
+        + found
         + ". "
         + " ".join(hints),
-        models=[m.key for m in all_models],
+        **details,
     )
+
+
+def _train_split(part: Part) -> str:
+    return "X_train, y_train" if part == RECAP else "x_train, y_train"
 
 
 def _metric_check(ev: Evidence, spec: CheckSpec, part: Part, kind: str, bounds: Bounds) -> CheckResult:
@@ -412,12 +572,45 @@ def _metric_check(ev: Evidence, spec: CheckSpec, part: Part, kind: str, bounds: 
         return _result(
             spec, False, f"There is no {upper} {label} model to score (see the {part}.{kind}_regularizer check)."
         )
-    if chosen.metric is None:
+    details: dict[str, Any] = {"model": chosen.key}
+    where = f" (fit in code cell {chosen.cell})" if chosen.cell is not None else ""
+    stopped = ""
+    if chosen.interrupted:
+        details["interrupted"] = chosen.interrupted
+        in_cell = f"in code cell {chosen.cell}: " if chosen.cell is not None else ""
+        stopped = (
+            f" This is the {name} of a model whose training was interrupted before it finished ({in_cell}"
+            f"{why_interrupted(chosen)}), so it may be worse than the same model's fully trained."
+        )
+    if chosen.leaked_test_rows > 0 or behaves_as_trained_on_test(chosen):
+        # A score on examples the model was trained on says nothing of how it does on unseen ones.
+        if chosen.leaked_test_rows > 0:
+            evidence_text = (
+                f"the grader found {chosen.leaked_test_rows} test-set examples among the rows it was trained on"
+            )
+        else:
+            evidence_text = (
+                f"it is more accurate on the test images ({chosen.metric:.3f}) than on training images it should have "
+                f"learnt from ({chosen.train_metric:.3f}), which only a model trained on the test set is"
+            )
+        score = "" if chosen.metric is None else f" ({chosen.metric:.2f})" if part == RECAP else f" ({chosen.metric:.3f})"
+        details.update(value=chosen.metric, leaked_test_rows=chosen.leaked_test_rows)
         return _result(
             spec,
             False,
-            f"The grader could not recompute the {name} of your {upper} {label} model: {chosen.metric_error}",
-            model=chosen.key,
+            f"Your {upper} {'recap model' if part == RECAP else 'CNN'}{where} was trained on test-set examples: "
+            f"{evidence_text}. Its score{score} is measured on test examples it was trained on, so it is not a "
+            f"{name}. Train only on the training split ({_train_split(part)}) and keep the test split for evaluation.",
+            **details,
+        )
+    if chosen.metric is None:
+        details["metric_error"] = chosen.metric_error
+        return _result(
+            spec,
+            False,
+            f"The grader could not recompute the {name} of your {upper} {label} model: "
+            f"{plain_metric_error(chosen.metric_error).rstrip('.')}.{stopped}",
+            **details,
         )
     if part == RECAP:
         bound = bounds.recap_mse_max[kind]
@@ -446,7 +639,7 @@ def _metric_check(ev: Evidence, spec: CheckSpec, part: Part, kind: str, bounds: 
                 " Too strong a penalty keeps a CNN from fitting the training data (the reference uses 1e-4); "
                 "also check that you train for 10 epochs on the scaled images."
             )
-    return _result(spec, ok, msg, model=chosen.key, value=chosen.metric, bound=bound)
+    return _result(spec, ok, msg + stopped, value=chosen.metric, bound=bound, **details)
 
 
 def _sparsity_value(m: ModelEvidence, threshold: str) -> float | None:

@@ -165,3 +165,37 @@ def keras3_hint(error_name: str, error_value: str) -> str:
             if match is not None:
                 return rule.fix(match)
     return ""
+
+
+# An exception as Python prints it: ``TypeError: ...``, ``keras.src.saving.X.SomeError: ...``, or a traceback.
+_EXCEPTION = re.compile(
+    r"(?<![\w.])(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt|Warning)\b\s*:|\bTraceback \(most recent call",
+)
+
+
+def quotes_exception(text: str) -> bool:
+    """Whether ``text`` quotes a raw exception (``TypeError: ...``, a traceback) rather than the grader's own words."""
+    return bool(_EXCEPTION.search(text))
+
+
+def unreadable_model(raw: str) -> str:
+    """Why the grader could not read a saved model back, for a student, from the raw error of loading it.
+
+    The evaluator reloads a model without running any of the notebook's code (Keras's safe mode), so a
+    Lambda layer or a class defined in the notebook cannot be rebuilt however it is registered.
+    """
+    if not quotes_exception(raw):
+        return raw  # the grader's own words ("no saved model was found for this fit")
+    base = "the grader could not read this model back from the file it was saved to"
+    if re.search(r"\blambda\b|safe_mode|unsafe", raw, re.I):
+        return (
+            f"{base}: it has a Lambda layer, whose Python code the grader does not run; use Keras's built-in "
+            "layers instead (e.g. tf.keras.layers.Rescaling(1/255) rather than a Lambda that divides by 255)"
+        )
+    if re.search(r"deserializ|from_config|get_config|custom|unknown|not found|register", raw, re.I):
+        return (
+            f"{base}: one of its parts (a layer, regularizer, loss or activation) is a class or function defined "
+            "in your notebook, and the grader does not run your notebook's code when it reads a model; build the "
+            "model from Keras's built-in layers and tf.keras.regularizers.L1 / L2"
+        )
+    return f"{base}; a model built from Keras's built-in layers and regularizers can always be read back"

@@ -11,10 +11,12 @@ fingerprints the canonical data the same way to recognise what a model was fit o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -513,7 +515,7 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
     fit_signature = inspect.signature(original_fit)
     evaluate_signature = inspect.signature(original_evaluate)
     keys: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-    counters = {"fit": 0, "evaluate": 0, "model": 0, "in_fit": 0, "in_keras": 0}
+    counters = {"fit": 0, "evaluate": 0, "model": 0, "in_fit": 0, "in_keras": 0, "probing": 0}
     taps: dict[str, RowTap | None] = {"next": None}
 
     def model_key(model: Any) -> str:
@@ -545,7 +547,7 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
         model: Any, index: int, tag: str, *, origin: str, x_fp: dict[str, Any], y_fp: dict[str, Any],
         val_fp: dict[str, Any], seconds: float, hist: dict[str, Any], epochs_requested: int | None,
         batch_size: int | None, validation_split: float, steps: int, cell: int | None, penalty_note: str = "",
-        penalties_trained: bool = True, sources: list[dict[str, Any]] | None = None,
+        penalties_trained: bool = True, sources: list[dict[str, Any]] | None = None, interrupted: str = "",
     ) -> None:
         counters["in_keras"] += 1  # exporting traces the model: that is not a training step to record
         try:
@@ -577,6 +579,9 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
                 "facts_file": facts,
                 "trained_penalties": _trained_penalties(model, penalties_trained),
                 "penalty_note": penalty_note,
+                "penalty_probes": probes.take(model),
+                "interrupted": interrupted,
+                "notes": list(probes.notes),
             }
         )
 
@@ -590,27 +595,50 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
         except TypeError:
             return original_fit(self, *args, **kwargs)
         loops.flush()  # a model trained by hand before this fit is recorded first
+        models.add(self)
         index, tag = next_tag()
         x = params.get("x")
         tap = RowTap(_stream_origin(x)) if is_stream(x) else None
         if tap is None:
-            x_fp = fingerprint_array(x, samples_dir / f"{tag}_x.npy", job_dir)
-            y_fp = fingerprint_array(params.get("y"), samples_dir / f"{tag}_y.npy", job_dir)
+            x_fp = fingerprint_array(_named_inputs(x), samples_dir / f"{tag}_x.npy", job_dir)
+            y_fp = fingerprint_array(_named_inputs(params.get("y")), samples_dir / f"{tag}_y.npy", job_dir)
         val = params.get("validation_data")
-        val_x = val[0] if isinstance(val, (tuple, list)) and val else None
+        val_x = _named_inputs(val[0]) if isinstance(val, (tuple, list)) and val else None
         val_fp = fingerprint_array(val_x, samples_dir / f"{tag}_valx.npy", job_dir)
         started = time.perf_counter()
         counters["in_fit"] += 1
         counters["in_keras"] += 1
         taps["next"] = tap
+        interrupted, failure = "", None
         try:
             call = fit_signature.bind(self, *args, **kwargs)  # what the student passed, no defaults added
             _add_progress(call, progress_path, index, _int_or_none(params.get("epochs")), keras, tap)
             history = original_fit(*call.args, **call.kwargs)
+        except BaseException as exc:  # an interrupt at the cell's time limit, or an error: recorded, then raised
+            interrupted, failure = _interruption(exc), exc
+            history = getattr(self, "history", None)
         finally:
             taps["next"] = None
             counters["in_fit"] -= 1
             counters["in_keras"] -= 1
+        if failure is not None:
+            with contextlib.suppress(BaseException):
+                if interrupted_fit_worth_recording(history):
+                    record_fit(self, x, index, tag, tap, x_fp if tap is None else None, y_fp if tap is None else None,
+                               val_fp, started, history, params, interrupted)
+            raise failure
+        record_fit(self, x, index, tag, tap, x_fp if tap is None else None, y_fp if tap is None else None,
+                   val_fp, started, history, params, "")
+        return history
+
+    def interrupted_fit_worth_recording(history: Any) -> bool:
+        """An interrupted fit is recorded when it ran at least one epoch: what it trained is then judged."""
+        return bool(getattr(history, "history", None)) and any(len(v) for v in history.history.values())
+
+    def record_fit(
+        model: Any, x: Any, index: int, tag: str, tap: RowTap | None, x_fp: Any, y_fp: Any, val_fp: Any,
+        started: float, history: Any, params: dict[str, Any], interrupted: str,
+    ) -> None:
         seconds = time.perf_counter() - started
         sources: list[dict[str, Any]] = []
         if tap is not None:
@@ -618,13 +646,12 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
             for i, source in enumerate(_stream_sources(x)):
                 sources.append(fingerprint_array(source, samples_dir / f"{tag}_src{i}.npy", job_dir))
         record_training(
-            self, index, tag, origin=tap.origin if tap else "array", x_fp=x_fp, y_fp=y_fp, val_fp=val_fp,
+            model, index, tag, origin=tap.origin if tap else "array", x_fp=x_fp, y_fp=y_fp, val_fp=val_fp,
             seconds=seconds, hist=getattr(history, "history", {}) or {},
             epochs_requested=_int_or_none(params.get("epochs")), batch_size=_int_or_none(params.get("batch_size")),
             validation_split=float(params.get("validation_split") or 0.0), steps=0, cell=current_cell(),
-            sources=sources,
+            sources=sources, interrupted=interrupted,
         )
-        return history
 
     # Batches of a stream are recorded as Keras's data adapter hands them to the training loop.
     from keras.src.trainers import data_adapters
@@ -665,8 +692,8 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
             if tap is not None:
                 x_fp, y_fp = tap.fingerprints(samples_dir / tag, job_dir)
             else:
-                x_fp = fingerprint_array(params.get("x"), samples_dir / f"{tag}_x.npy", job_dir)
-                y_fp = fingerprint_array(params.get("y"), samples_dir / f"{tag}_y.npy", job_dir)
+                x_fp = fingerprint_array(_named_inputs(params.get("x")), samples_dir / f"{tag}_x.npy", job_dir)
+                y_fp = fingerprint_array(_named_inputs(params.get("y")), samples_dir / f"{tag}_y.npy", job_dir)
             write(
                 {
                     "type": "evaluate",
@@ -733,7 +760,7 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
             if rows is not None:
                 st["tap"].add(_numpy(rows), _numpy(y) if y is not None else None)
 
-        def flush(self) -> None:
+        def flush(self, interrupted: str = "") -> None:
             for model, st in list(self.state.items()):
                 if not st["steps"]:
                     continue
@@ -748,6 +775,7 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
                         seconds=float(st["last"] - st["started"]), hist={}, epochs_requested=None, batch_size=None,
                         validation_split=0.0, steps=int(st["steps"]), cell=st["cell"], penalties_trained=trained,
                         penalty_note="" if trained else "the training loop never added model.losses to its loss",
+                        interrupted=interrupted if st["cell"] == current_cell() else "",
                     )
                 except Exception:
                     pass  # recording is best effort
@@ -771,14 +799,20 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
     original_call = keras.Model.__call__
 
     def model_call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not counters["in_keras"]:
-            try:
-                x = args[0] if args else kwargs.get("inputs")
-                loops.of(self, "custom_loop")  # known now: a step traced next must find the model
-                _observe(x, functools.partial(_call_seen, weakref.ref(self)))
-            except Exception:
-                pass
-        return original_call(self, *args, **kwargs)
+        models.add(self)
+        if counters["in_keras"]:
+            return original_call(self, *args, **kwargs)
+        try:
+            x = _primary(args[0] if args else kwargs.get("inputs"))
+            loops.of(self, "custom_loop")  # known now: a step traced next must find the model
+            _observe(x, functools.partial(_call_seen, weakref.ref(self)))
+        except Exception:
+            pass
+        out = original_call(self, *args, **kwargs)
+        try:
+            return probes.gate(self, out)
+        except Exception:
+            return out
 
     def _call_seen(ref: Any, value: Any) -> None:
         model = ref()
@@ -793,6 +827,8 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
                 variables = list(trainable_variables) if trainable_variables is not None else []
                 model = _stepped_model(variables, list(loops.state.keys()))
                 if model is not None:
+                    if _in_xla_function():
+                        probes.note_xla_step(model)  # recorded from the call's arguments (XLA cannot call Python)
                     _observe(None, functools.partial(_step_seen, weakref.ref(model)))
             except Exception:
                 pass
@@ -824,11 +860,72 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
         if model is not None:
             loops.of(model, "custom_loop")["penalty_gradients"] += 1
 
+    import tensorflow as tf
+    from tensorflow.python.eager.polymorphic_function import polymorphic_function
+
+    models: Any = weakref.WeakSet()
+    probes = PenaltyProbes(
+        tf, keras, models,
+        step_model=lambda model, origin, x, y: loops.step(model, origin, x, y),
+        steps_of=lambda model: int(loops.state[model]["steps"]) if model in loops.state else 0,
+    )
+    original_tape_init = tf.GradientTape.__init__
+    original_gradient = tf.GradientTape.gradient
+    original_function_call = polymorphic_function.Function.__call__
+
+    def tape_init(self: Any, persistent: bool = False, watch_accessed_variables: bool = True) -> None:
+        # Kept persistent while a probe may be due, so the penalty's gradient can be taken once more.
+        if not persistent and tf.executing_eagerly() and probes.eager_wanted():
+            persistent = True
+        original_tape_init(self, persistent=persistent, watch_accessed_variables=watch_accessed_variables)
+        probes.tape_serial += 1
+        self._grader_serial = probes.tape_serial
+
+    original_tape_enter = tf.GradientTape.__enter__
+    original_tape_exit = tf.GradientTape.__exit__
+
+    def tape_enter(self: Any) -> Any:
+        # In a function being traced, the ops the tape records are those made while it is entered.
+        result = original_tape_enter(self)
+        if not tf.executing_eagerly():
+            graph = tf.compat.v1.get_default_graph()
+            self._grader_span = (graph, _last_op_id(graph), float("inf"))
+        return result
+
+    def tape_exit(self: Any, *exc: Any) -> Any:
+        span = getattr(self, "_grader_span", None)
+        if span is not None and span[2] == float("inf"):
+            self._grader_span = (span[0], span[1], _last_op_id(span[0]))
+        return original_tape_exit(self, *exc)
+
+    def gradient(self: Any, target: Any, sources: Any, output_gradients: Any = None,
+                 unconnected_gradients: Any = tf.UnconnectedGradients.NONE) -> Any:
+        result = original_gradient(self, target, sources, output_gradients, unconnected_gradients)
+        if output_gradients is None and not counters["probing"]:
+            counters["probing"] += 1
+            try:
+                probes.on_gradient(self, original_gradient, target, sources)
+            except Exception:
+                if os.environ.get("GRADER_PROBE_DEBUG"):
+                    import traceback
+
+                    traceback.print_exc()
+                # measuring is best effort; the student's gradients are returned as computed
+            finally:
+                counters["probing"] -= 1
+        return result
+
+    def function_call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return probes.call(original_function_call, self, args, kwargs)
+
     replaced: list[tuple[Any, str, Any]] = [
         (keras.Model, name, keras.Model.__dict__.get(name))
         for name in ("fit", "evaluate", "train_on_batch", "__call__", "losses", "predict", "test_on_batch", "predict_on_batch")
     ] + [(keras.optimizers.Optimizer, "apply", keras.optimizers.Optimizer.__dict__.get("apply")),
-         (data_adapters, "get_data_adapter", original_adapter)]
+         (data_adapters, "get_data_adapter", original_adapter),
+         (tf.GradientTape, "__init__", original_tape_init), (tf.GradientTape, "gradient", original_gradient),
+         (tf.GradientTape, "__enter__", original_tape_enter), (tf.GradientTape, "__exit__", original_tape_exit),
+         (polymorphic_function.Function, "__call__", original_function_call)]
     keras.Model.fit = fit  # type: ignore[method-assign]
     keras.Model.evaluate = evaluate  # type: ignore[method-assign]
     keras.Model.train_on_batch = train_on_batch  # type: ignore[method-assign]
@@ -838,9 +935,15 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
     for name in ("predict", "test_on_batch", "predict_on_batch"):
         setattr(keras.Model, name, inside_keras(getattr(keras.Model, name)))
     data_adapters.get_data_adapter = get_data_adapter
+    tf.GradientTape.__init__ = tape_init  # type: ignore[method-assign]
+    tf.GradientTape.gradient = gradient  # type: ignore[method-assign]
+    tf.GradientTape.__enter__ = tape_enter  # type: ignore[method-assign]
+    tf.GradientTape.__exit__ = tape_exit  # type: ignore[method-assign]
+    polymorphic_function.Function.__call__ = function_call  # type: ignore[method-assign]
 
-    def flush_after_cell(*_args: Any) -> None:
-        loops.flush()
+    def flush_after_cell(result: Any = None, *_args: Any) -> None:
+        error = getattr(result, "error_in_exec", None)
+        loops.flush(_interruption(error) if error is not None else "")
 
     try:
         get_ipython().events.register("post_run_cell", flush_after_cell)  # type: ignore[name-defined]  # noqa: F821
@@ -857,6 +960,386 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
                 setattr(owner, name, value)
 
     return {"flush": loops.flush, "uninstall": uninstall}
+
+
+# ---- weight penalties measured on the training steps themselves ------------------------------------
+
+PROBE_LIMIT = 12  # probed steps per model and training run: its 1st, 2nd, 4th, 8th, ... step
+# Ops through which a loss is only summed, scaled and reshaped: a weight penalty reaches the training loss
+# through these, added to the data term. What enters them from anything that depends on the data is the
+# data term (stopped); what enters them from weights alone is a penalty term.
+AGGREGATING_OPS = frozenset({
+    "AddV2", "Add", "AddN", "Sub", "Neg", "Identity", "IdentityN", "Snapshot", "Cast", "Pack", "ConcatV2",
+    "Sum", "Mean", "Reshape", "ExpandDims", "Squeeze", "Mul", "RealDiv", "Div", "DivNoNan", "MulNoNan",
+})
+METADATA_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "BroadcastArgs", "BroadcastGradientArgs"})
+DATA_OPS = frozenset({
+    "IteratorGetNext", "IteratorGetNextSync", "OptionalGetValue", "IteratorGetNextAsOptional",
+    "MultiDeviceIteratorGetNextFromShard",
+})
+
+
+def probe_due(step: int) -> bool:
+    """Whether a model's ``step``-th optimizer step (1 = its first) is probed: the powers of two."""
+    return step >= 1 and step & (step - 1) == 0
+
+
+def penalty_sums(p: Any, w: Any) -> list[float]:
+    """``[n, Σp·s, Σp·w, Σs², Σs·w, Σw², Σp²]`` with ``s = sign(w)``: what fitting ``p = a*s + b*w`` needs."""
+    import numpy as np
+
+    p = np.asarray(p, dtype=np.float64).reshape(-1)
+    w = np.asarray(w, dtype=np.float64).reshape(-1)
+    s = np.sign(w)
+    return [float(p.size), float(p @ s), float(p @ w), float(s @ s), float(s @ w), float(w @ w), float(p @ p)]
+
+
+def _data_dependent(tensor: Any, memo: dict[Any, bool]) -> bool:
+    """Whether a tensor of a traced function depends on the data it is fed: its non-scalar arguments, the
+    batches it draws from an iterator; not on variables, constants, shapes or random numbers alone."""
+    todo = [tensor]
+    while todo:
+        t = todo[-1]
+        key = t.name
+        if key in memo:
+            todo.pop()
+            continue
+        op = t.op
+        if op.type == "Placeholder":
+            rank = t.shape.rank
+            memo[key] = t.dtype.name not in ("resource", "variant") and (rank is None or rank > 0)
+            todo.pop()
+            continue
+        if op.type in DATA_OPS:
+            memo[key] = True
+            todo.pop()
+            continue
+        if op.type in METADATA_OPS or not op.inputs:
+            memo[key] = False
+            todo.pop()
+            continue
+        pending = [i for i in op.inputs if i.name not in memo]
+        if pending:
+            todo.extend(pending)
+            continue
+        memo[key] = any(memo[i.name] for i in op.inputs)
+        todo.pop()
+    return memo[tensor.name]
+
+
+def penalty_stops(target: Any, span: tuple[int, int] | None = None) -> list[Any]:
+    """The data terms of a traced loss: walking down from ``target`` through the ops that only sum, scale and
+    reshape it, every input that depends on the data. Stopping the gradient there leaves what the weight
+    penalty terms (inputs that depend on weights alone) send each weight.
+
+    ``span``: the ids of the graph's ops the tape recorded (made while it was recording), when known. What
+    was computed outside it sends the tape's gradient nothing, so it is stopped too.
+    """
+    memo: dict[Any, bool] = {}
+    stops: list[Any] = []
+    if span is not None:
+        start, end = span
+        for op in target.graph.get_operations():
+            if not start < op._id <= end and op.type not in ("Placeholder", "Const", "VarHandleOp"):
+                stops.extend(t for t in op.outputs if t.dtype.is_floating)
+    seen, todo = set(), [target]
+    while todo:
+        t = todo.pop()
+        if t.name in seen:
+            continue
+        seen.add(t.name)
+        if t.op.type in AGGREGATING_OPS:
+            todo.extend(t.op.inputs)
+        elif _data_dependent(t, memo):
+            stops.append(t)
+    return stops
+
+
+class PenaltyProbes:
+    """What the weight penalties in a model's training loss add to each weight's gradient, measured on a few
+    of its training steps (``probe_due``), whatever wrote them: ``kernel_regularizer`` (built in, a function,
+    a ``Regularizer`` subclass), ``add_loss``, or a term of a hand-written loss.
+
+    - A traced step (Keras's own ``fit``, a ``tf.function`` loop, an XLA-compiled one): when its
+      ``GradientTape.gradient`` is traced, the gradient of the loss with its data terms stopped
+      (``penalty_stops``) is added to the graph, and on probed steps a ``tf.cond`` stores its sums
+      (``penalty_sums``) in variables, read after the call.
+    - An eager loop: the tape is kept persistent on probed steps and the model's outputs pass through a gate;
+      the gradient is taken once more with the gate shut, so nothing reaches the weights through the outputs.
+
+    Also runs every ``tf.function`` call: an XLA-compiled one that has no deterministic kernel under the op
+    determinism the grader pins is run again with determinism off (noted), and the models that XLA steps
+    train are recorded from the call's arguments (XLA cannot call back into Python).
+    """
+
+    def __init__(self, tf: Any, keras: Any, models: Any, step_model: Any, steps_of: Any) -> None:
+        self.tf = tf
+        self.keras = keras
+        self.models = models  # every model called so far (a WeakSet)
+        self.step_model = step_model  # (model, origin, x, y) -> None: one step of a model trained outside fit
+        self.steps_of = steps_of  # model -> its optimizer steps recorded so far outside fit
+        self.stack: list[Any] = []  # tf.function objects being called, outermost first
+        self.sites: dict[int, list[dict[str, Any]]] = {}  # id(outermost function) -> its probe sites
+        self.xla_steps: dict[int, Any] = {}  # id(outermost function) -> models its XLA steps train
+        self.keep: dict[int, Any] = {}  # id -> the function (so that ids stay unique)
+        self.collected: Any = weakref.WeakKeyDictionary()  # model -> probes since its last record
+        self.gates: Any = weakref.WeakKeyDictionary()  # model -> its eager gate state
+        self.notes: list[str] = []
+        self.tape_serial = 0
+
+    # -- which model, which variables ------------------------------------------------------------
+
+    def model_of(self, variables: list[Any]) -> Any:
+        return _stepped_model(variables, list(self.models))
+
+    def _tf_variable(self, v: Any) -> Any:
+        if isinstance(v, self.keras.Variable):
+            return v.value
+        return v if isinstance(v, self.tf.Variable) else None
+
+    def _variables(self, model: Any, sources: list[Any]) -> list[tuple[Any, Any]]:
+        """The (source, tf.Variable) pairs of ``sources`` that are the model's trainable variables."""
+        own = {id(v) for v in model.trainable_variables}
+        out = []
+        for s in sources:
+            tv = self._tf_variable(s)
+            if tv is not None and (id(s) in own or any(id(tv) == id(self._tf_variable(o)) for o in model.trainable_variables)):
+                out.append((s, tv))
+        return out
+
+    def _describe(self, pairs: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for source, tv in pairs:
+            reg = getattr(source, "regularizer", None)
+            declared = "" if reg is None else (getattr(reg, "__name__", None) or type(reg).__name__)
+            out.append({"path": str(getattr(source, "path", None) or tv.name), "shape": [int(d) for d in tv.shape],
+                        "declared": str(declared)})
+        return out
+
+    def wants(self, model: Any) -> bool:
+        return len(self.collected.get(model, [])) < PROBE_LIMIT
+
+    def add(self, model: Any, probe: dict[str, Any]) -> None:
+        self.collected.setdefault(model, []).append(probe)
+
+    def take(self, model: Any) -> list[dict[str, Any]]:
+        return self.collected.pop(model, [])
+
+    # -- tf.GradientTape ------------------------------------------------------------------------------
+
+    def eager_wanted(self) -> bool:
+        """Whether a tape created now may serve a probe: some model trained outside fit is due one."""
+        gates = list(self.gates.items())
+        if not gates:
+            return True
+        return any(probe_due(self.steps_of(m) + 1) and self.wants(m) for m, _ in gates)
+
+    def gate(self, model: Any, value: Any) -> Any:
+        """A model's outputs in an eager loop, through an identity whose gradient can be shut."""
+        tf = self.tf
+        if not (tf.executing_eagerly() and probe_due(self.steps_of(model) + 1) and self.wants(model)):
+            return value
+        state = self.gates.setdefault(model, {"closed": False, "serial": -1})
+        state["serial"] = self.tape_serial
+
+        @tf.custom_gradient  # type: ignore[misc]
+        def shut(x: Any) -> Any:
+            def grad(upstream: Any) -> Any:
+                return tf.zeros_like(upstream) if state["closed"] else upstream
+
+            return tf.identity(x), grad
+
+        def through(t: Any) -> Any:
+            return shut(t) if isinstance(t, tf.Tensor) and t.dtype.is_floating else t
+
+        return tf.nest.map_structure(through, value)
+
+    def on_gradient(self, tape: Any, original: Any, target: Any, sources: Any) -> None:
+        tf = self.tf
+        if not isinstance(target, tf.Tensor) or not target.dtype.is_floating:
+            return
+        flat = tf.nest.flatten(sources)
+        model = self.model_of(list(flat))
+        if model is None:
+            return
+        pairs = self._variables(model, flat)
+        if not pairs:
+            return
+        if tf.executing_eagerly():
+            self._eager(tape, original, target, model, pairs)
+        else:
+            self._traced(tape, target, model, pairs)
+
+    def _eager(self, tape: Any, original: Any, target: Any, model: Any, pairs: list[tuple[Any, Any]]) -> None:
+        state = self.gates.get(model)
+        if state is None or state["serial"] != getattr(tape, "_grader_serial", None) or not tape._persistent:
+            return
+        step = self.steps_of(model) + 1
+        if not (probe_due(step) and self.wants(model)):
+            return
+        state["closed"] = True
+        try:
+            grads = original(tape, target, [tv for _, tv in pairs], unconnected_gradients=self.tf.UnconnectedGradients.ZERO)
+        finally:
+            state["closed"] = False
+        variables = self._describe(pairs)
+        for entry, (_, tv), p in zip(variables, pairs, grads):
+            entry["sums"] = penalty_sums(p.numpy(), tv.numpy())
+        self.add(model, {"step": step, "mode": "eager", "variables": variables})
+
+    def _traced(self, tape: Any, target: Any, model: Any, pairs: list[tuple[Any, Any]]) -> None:
+        tf = self.tf
+        if not self.stack:
+            return
+        mode = "xla" if _in_xla_function() else "graph"
+        # Computed on every step (a tf.cond branch cannot take gradients of the graph around it), but only
+        # along the penalty terms: the same ops as the student's own gradient of them, which grappler merges.
+        # A variable no penalty reaches gets None here and zeros inside the branch, so unpenalised models
+        # pay nothing.
+        span = getattr(tape, "_grader_span", None)
+        recorded = span[1:] if span is not None and span[0] is target.graph else None
+        grads = tf.gradients(target, [tv for _, tv in pairs], stop_gradients=penalty_stops(target, recorded))
+        from tensorflow.python.ops.resource_variable_ops import ResourceVariable
+
+        # Made outside the function being traced, and directly: tf.function refuses new variables through
+        # tf.Variable on any trace but its first, and these belong to the grader, not to the function.
+        with tf.init_scope():
+            flag = ResourceVariable(True, trainable=False, name="grader_probe_flag")
+            sums = ResourceVariable(tf.zeros([len(pairs), 7], tf.float64), trainable=False, name="grader_probe_sums")
+            hits = ResourceVariable(tf.constant(0, tf.int64), trainable=False, name="grader_probe_hits")
+
+        def store() -> Any:
+            rows = []
+            for (_, tv), p in zip(pairs, grads):
+                w = tf.reshape(tf.cast(tf.convert_to_tensor(tv), tf.float64), [-1])
+                g = tf.zeros_like(w) if p is None else tf.reshape(tf.cast(tf.convert_to_tensor(p), tf.float64), [-1])
+                s = tf.sign(w)
+                n = tf.cast(tf.size(w), tf.float64)
+                dots = [tf.reduce_sum(a * b) for a, b in ((g, s), (g, w), (s, s), (s, w), (w, w), (g, g))]
+                rows.append(tf.stack([n, *dots]))
+            with tf.control_dependencies([sums.assign(tf.stack(rows))]):
+                return tf.identity(hits.assign_add(1))
+
+        tf.cond(flag, store, lambda: tf.identity(hits.read_value()))
+        outer = self.stack[0]
+        self.keep[id(outer)] = outer
+        self.sites.setdefault(id(outer), []).append({
+            "model": weakref.ref(model), "variables": self._describe(pairs), "flag": flag, "sums": sums,
+            "hits": hits, "seen": 0, "calls": 0, "mode": mode, "armed": True,
+        })
+
+    # -- tf.function calls ---------------------------------------------------------------------------
+
+    def note_xla_step(self, model: Any) -> None:
+        if self.stack:
+            outer = self.stack[0]
+            self.keep[id(outer)] = outer
+            self.xla_steps.setdefault(id(outer), weakref.WeakSet()).add(model)
+
+    def call(self, original: Any, function: Any, args: Any, kwargs: Any) -> Any:
+        tf = self.tf
+        outer = not self.stack and tf.executing_eagerly()
+        self.stack.append(function)
+        try:
+            if outer:
+                self._arm(function)
+            try:
+                result = original(function, *args, **kwargs)
+            except tf.errors.UnimplementedError as exc:
+                if not (outer and "determinis" in str(exc) and _determinism_on()):
+                    raise
+                _determinism_off()
+                self.notes.append(
+                    "op determinism was switched off for a jit-compiled (XLA) step: XLA has no deterministic kernel "
+                    "for one of its operations, so this training is not bit-for-bit reproducible"
+                )
+                result = original(function, *args, **kwargs)
+        finally:
+            self.stack.pop()
+        if outer:
+            with contextlib.suppress(Exception):
+                self._collect(function, args, kwargs)
+        return result
+
+    def _arm(self, function: Any) -> None:
+        for site in self.sites.get(id(function), []):
+            model = site["model"]()
+            want = model is not None and probe_due(site["calls"] + 1) and self.wants(model)
+            if want != site["armed"]:
+                site["flag"].assign(want)
+                site["armed"] = want
+
+    def _collect(self, function: Any, args: Any, kwargs: Any) -> None:
+        for site in self.sites.get(id(function), []):
+            site["calls"] += 1
+            if not site["armed"]:
+                continue
+            hits = int(site["hits"].numpy())
+            if hits == site["seen"]:
+                continue  # armed, but this call ran another trace of the function
+            site["seen"] = hits
+            model = site["model"]()
+            if model is None:
+                continue
+            sums = site["sums"].numpy().tolist()
+            variables = [dict(v, sums=row) for v, row in zip(site["variables"], sums)]
+            self.add(model, {"step": site["calls"], "mode": site["mode"], "variables": variables})
+        for model in list(self.xla_steps.get(id(function), [])):
+            x, y = _batch_of(args, kwargs)
+            self.step_model(model, "xla_step", x, y)
+
+
+def _last_op_id(graph: Any) -> int:
+    """The id of the newest op of a graph (ids only grow)."""
+    return max((op._id for op in graph.get_operations()), default=0)
+
+
+def _determinism_on() -> bool:
+    try:
+        from tensorflow.python.framework import config
+
+        return bool(config.is_op_determinism_enabled())
+    except Exception:
+        return False
+
+
+def _determinism_off() -> None:
+    from tensorflow.python.framework import config
+
+    config.disable_op_determinism()
+
+
+def _batch_of(args: Any, kwargs: Any) -> tuple[Any, Any]:
+    """The input batch and the targets among a training step's arguments: the first two array-like ones
+    (a dict or list of named inputs counts as its largest array)."""
+    found = []
+    for value in [*args, *kwargs.values()]:
+        value = _primary(value)
+        if value is not None and hasattr(value, "shape") and len(getattr(value, "shape", ()) or ()) >= 1:
+            found.append(value)
+        if len(found) == 2:
+            break
+    x = _numpy(found[0]) if found else None
+    y = _numpy(found[1]) if len(found) > 1 else None
+    return x, y
+
+
+def _interruption(exc: BaseException) -> str:
+    """Why training stopped, in words: the runner interrupts a cell that reaches its time limit."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt: interrupted (the grader interrupts a cell that reaches its time limit)"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def _named_inputs(value: Any) -> Any:
+    """Inputs given by name (a dict) or as a list or tuple of arrays: the array that holds the rows (the
+    largest); anything else as it is."""
+    if isinstance(value, dict) or (
+        isinstance(value, (list, tuple)) and value and all(hasattr(v, "shape") for v in value)
+    ):
+        return _primary(value)
+    return value
 
 
 def _numpy(value: Any) -> Any:
@@ -1089,22 +1572,24 @@ def _add_progress(
 
 
 def _save_model(model: Any, stem: Path, job_dir: Path) -> tuple[str | None, str | None, str | None, str | None]:
-    """Save the model as fitted: ``.keras`` always; a SavedModel plus layer facts when the class is the student's."""
+    """Save the model as fitted: ``.keras`` always; a SavedModel (its traced inference graph) plus layer facts
+    when Keras could not rebuild it without the student's code (a subclassed model, a custom layer,
+    regularizer or other object, a ``Lambda`` layer), or when ``.keras`` could not be written."""
     import keras
 
     artifact = fmt = error = facts = None
+    path = stem.with_suffix(".keras")
     try:
-        path = stem.with_suffix(".keras")
         model.save(path)
         artifact, fmt = str(path.relative_to(job_dir)), "keras"
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"[:500]
-    if type(model) not in (keras.Sequential, keras.Model) and type(model).__name__ != "Functional":
-        # A subclassed model cannot be rebuilt without the student's class: export the traced graph.
+    subclassed = type(model) not in (keras.Sequential, keras.Model) and type(model).__name__ != "Functional"
+    if subclassed or artifact is None or _needs_student_code(path):
         try:
             sm = stem.with_name(stem.name + "_savedmodel")
             model.export(str(sm), format="tf_saved_model", verbose=False)
-            artifact, fmt = str(sm.relative_to(job_dir)), "savedmodel"
+            artifact, fmt, error = str(sm.relative_to(job_dir)), "savedmodel", None
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
         try:
@@ -1116,6 +1601,31 @@ def _save_model(model: Any, stem: Path, job_dir: Path) -> tuple[str | None, str 
     return artifact, fmt, error, facts
 
 
+def _needs_student_code(path: Path) -> bool:
+    """Whether a saved ``.keras`` model names anything outside Keras (a function or class of the student's)
+    or a ``Lambda`` layer: Keras's safe mode, which the grader loads with, refuses to rebuild those."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json")).get("config", {})
+    except Exception:
+        return True
+    todo = [config]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            module = item.get("module", "keras")
+            if "class_name" in item and not (isinstance(module, str) and module.startswith("keras")):
+                return True  # a function (module "builtins"), or a class of the notebook's (module None)
+            if item.get("class_name") in ("Lambda", "function", "__lambda__"):
+                return True
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return False
+
+
 def _layer_facts(model: Any) -> list[dict[str, Any]]:
     import keras
 
@@ -1125,8 +1635,16 @@ def _layer_facts(model: Any) -> list[dict[str, Any]]:
         for attr in ("kernel_regularizer", "bias_regularizer", "activity_regularizer"):
             reg = getattr(layer, attr, None)
             entry[attr] = keras.saving.serialize_keras_object(reg) if reg is not None else None
-        kernel = getattr(layer, "kernel", None)
+        try:
+            kernel = getattr(layer, "kernel", None)
+        except Exception:
+            kernel = None
         entry["kernel_variable"] = getattr(kernel, "path", None) if kernel is not None else None
+        entry["path"] = str(getattr(layer, "path", None) or layer.name)
+        with contextlib.suppress(Exception):
+            entry["weights"] = {
+                str(v.path): [int(d) for d in v.shape] for v in layer.trainable_weights if len(v.shape) >= 2
+            }
         out.append(entry)
     return out
 

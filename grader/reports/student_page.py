@@ -19,6 +19,7 @@ from matplotlib.ticker import FixedLocator, MaxNLocator
 
 from grader.judging import checks
 from grader.judging.checks import Bounds
+from grader.judging.hints import unreadable_model
 from grader.outputs import student_dir, write_atomic
 from grader.records import CellOutcome, CheckResult, Evidence, ModelEvidence, SubmissionResult
 from grader.reports import drawing, views
@@ -135,7 +136,9 @@ def _models_table(ev: Evidence) -> list[dict[str, Any]]:
     for i, m in enumerate(ev.models, 1):
         pens = checks.describe_penalties(m.facts.layers) if m.facts is not None and m.facts.loaded else []
         if m.facts is None or not m.facts.loaded:
-            structure = "could not be inspected" + (f": {m.facts.load_error}" if m.facts and m.facts.load_error else "")
+            structure = "could not be inspected" + (
+                f": {unreadable_model(m.facts.load_error)}" if m.facts and m.facts.load_error else ""
+            )
         else:
             structure = "; ".join(pens) if pens else "no regularizer"
         rows.append(
@@ -216,7 +219,11 @@ def _weight_plots(
         hist = m.facts.abs_weight_histogram if m.facts is not None and m.facts.loaded else {}
         edges, counts = _edges_of(hist), [float(c) for c in hist.get("counts") or []]
         if len(edges) != len(counts) + 1 or sum(counts) <= 0:
-            why = m.facts.load_error if m.facts is not None and m.facts.load_error else "no kernel weights were read"
+            why = (
+                unreadable_model(m.facts.load_error)
+                if m.facts is not None and m.facts.load_error
+                else "no kernel weights were read"
+            )
             plots.append(
                 Plot(
                     f"Weights of your {label}", None, 0, "", [f"The weights of your {label} could not be read ({why})."]
@@ -405,7 +412,10 @@ def _metric_plot(
             continue
         label = _label(part, kind)
         if not views.finite(m.metric):
-            notes.append(f"The grader could not recompute the {noun} of your {label}: {m.metric_error or 'no value'}.")
+            notes.append(
+                f"The grader could not recompute the {noun} of your {label}: "
+                f"{checks.plain_metric_error(m.metric_error) if m.metric_error else 'no value'}."
+            )
             continue
         value = float(m.metric or 0.0)
         ref_name = f"{part}.{kind}_{metric}"

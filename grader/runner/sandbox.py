@@ -12,7 +12,10 @@ get each one that is missing.
 cgroups are found under ``CGROUP_ROOT``: the environment variable ``GRADER_CGROUP_ROOT`` where it
 is set (another mount point, or a test's fake tree), else ``/sys/fs/cgroup``. A v1 hierarchy (a
 folder per controller: ``memory/``, ``pids/``, ``cpuacct/``) gets a group per controller,
-``<controller>/l1l2-grader/job-*``. A v2 hierarchy (one tree with ``cgroup.controllers`` at its
+``<controller>/<own group>/l1l2-grader/job-*``, under this process's own group of that controller (as
+``/proc/self/cgroup`` names it; the controller's root where that group is not in the mount, as inside
+a container that sees its own group as the root), so that a container's or a service manager's limit
+holds for the whole process tree. A v2 hierarchy (one tree with ``cgroup.controllers`` at its
 top) gets one group per job under ``l1l2-grader``, made at the root when this process may write
 there (root), else beside this process's own group (read from ``/proc/self/cgroup``) in a subtree
 systemd delegated to the user.
@@ -32,7 +35,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 from grader.runner import gpu
@@ -124,6 +127,7 @@ class Protections:
     cpu_accounting: bool = False  # each child's CPU time is measured (v1 cpuacct, v2 cpu.stat)
     cgroup: str = "none"  # the hierarchy the job groups are made in: "v1", "v2" or "none"
     cgroup_parent: str = ""  # v2: the grader's group, where the job groups are made
+    v1_parents: tuple[tuple[str, str], ...] = ()  # v1: (controller, the grader's group in it), under its own group
 
 
 @functools.cache
@@ -173,24 +177,151 @@ def own_cgroup(proc_cgroup: Path | None = None) -> str | None:
     return None
 
 
+def own_cgroups(proc_cgroup: Path | None = None) -> dict[str, str]:
+    """This process's group per cgroup v1 controller, from ``/proc/self/cgroup`` (``4:memory:/path``; a
+    line may name several, ``2:cpu,cpuacct:/path``); the v2 group under the key ``""``. Empty where unreadable."""
+    try:
+        text = (PROC_SELF_CGROUP if proc_cgroup is None else proc_cgroup).read_text()
+    except OSError:
+        return {}
+    groups: dict[str, str] = {}
+    for line in text.splitlines():
+        _, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if not path.startswith("/"):
+            continue
+        for controller in controllers.split(",") if controllers else [""]:
+            groups.setdefault(controller, path.strip())
+    return groups
+
+
+def v1_group(root: Path, controller: str, proc_cgroup: Path | None = None) -> Path:
+    """This process's own group of a v1 ``controller`` under ``root``: ``root/<controller>/<its path>`` where
+    that folder exists, else ``root/<controller>`` (a container whose mount shows its own group as the root)."""
+    base = root / controller
+    path = own_cgroups(proc_cgroup).get(controller, "/")
+    parts = PurePosixPath(path).parts[1:]
+    own = base.joinpath(*parts) if parts else base
+    return own if own.is_dir() else base
+
+
+# A v1 memory limit at or above this is "unlimited" (the kernel's default is PAGE_COUNTER_MAX pages).
+_V1_UNLIMITED = 2**60
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerLimits:
+    """The limits the platform puts around this process and everything it starts (a container's cgroup,
+    a service manager's), read at run time: the lowest along its own groups, up to the hierarchy's root."""
+
+    memory_bytes: int | None  # None: no memory limit
+    cpus: float | None  # the CPU quota in CPUs (0.5: half a CPU); None: no quota
+    memory_group: str = ""  # the group whose limit it is (where its OOM kills are counted)
+    cpu_group: str = ""
+    hierarchy: str = "none"
+
+    def oom_kills(self) -> int | None:
+        """Processes the kernel has killed so far in the limiting memory group for want of memory (v2
+        ``memory.events`` ``oom_kill``, hierarchical; v1 ``memory.oom_control`` ``oom_kill``); None where unknown."""
+        if not self.memory_group:
+            return None
+        group = Path(self.memory_group)
+        if self.hierarchy == "v2":
+            return _counter(group, "memory.events", "oom_kill")
+        return _counter(group, "memory.oom_control", "oom_kill")
+
+
+def container_limits(root: Path | None = None, proc_cgroup: Path | None = None) -> ContainerLimits:
+    """The memory limit and CPU quota that hold for this process's whole tree, from its own cgroups.
+
+    v2: ``memory.max`` and ``cpu.max`` of its group (``0::/path`` in ``/proc/self/cgroup``) and of every
+    group above it; v1: ``memory.limit_in_bytes`` and ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` of its
+    memory and cpu groups and those above them. The lowest of each wins; "max", -1 and v1's huge default
+    mean no limit.
+    """
+    root = CGROUP_ROOT if root is None else root
+    kind = hierarchy(root)
+    groups = own_cgroups(proc_cgroup)
+    if kind == "v2":
+        chain = _chain(root, groups.get("", "/"))
+        memory = _lowest(chain, lambda g: _read_int(g / "memory.max"))
+        cpus = _lowest(chain, lambda g: _v2_quota(g / "cpu.max"))
+    elif kind == "v1":
+        memory = _lowest(_chain(root / "memory", groups.get("memory", "/")), lambda g: _v1_memory(g / "memory.limit_in_bytes"))
+        cpu_dir = root / "cpu" if (root / "cpu").is_dir() else root / "cpu,cpuacct"
+        cpus = _lowest(_chain(cpu_dir, groups.get("cpu", "/")), _v1_quota)
+    else:
+        return ContainerLimits(None, None)
+    return ContainerLimits(
+        None if memory is None else int(memory[0]),
+        None if cpus is None else float(cpus[0]),
+        str(memory[1]) if memory else "",
+        str(cpus[1]) if cpus else "",
+        kind,
+    )
+
+
+def _chain(base: Path, path: str) -> list[Path]:
+    """``base/<path>`` and every folder above it up to ``base`` (only those that exist: inside a container
+    the mount's root is often the container's own group)."""
+    parts = PurePosixPath(path or "/").parts[1:]
+    chain = [base.joinpath(*parts[:depth]) for depth in range(len(parts), -1, -1)]
+    return [g for g in chain if g.is_dir()]
+
+
+def _lowest(chain: list[Path], read: Callable[[Path], float | None]) -> tuple[float, Path] | None:
+    found = [(value, group) for group in chain if (value := read(group)) is not None]
+    return min(found, key=lambda item: item[0]) if found else None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+        return None if text == "max" else int(text)
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_memory(path: Path) -> int | None:
+    value = _read_int(path)
+    return None if value is None or value >= _V1_UNLIMITED else value
+
+
+def _v2_quota(path: Path) -> float | None:
+    try:
+        quota, _, period = path.read_text().strip().partition(" ")
+        return None if quota == "max" else int(quota) / int(period or 100000)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _v1_quota(group: Path) -> float | None:
+    quota, period = _read_int(group / "cpu.cfs_quota_us"), _read_int(group / "cpu.cfs_period_us")
+    return None if quota is None or quota < 0 or not period else quota / period
+
+
 def _probe_cgroups(root: Path, proc_cgroup: Path) -> Protections:
     """The cgroup part of ``probe``: which hierarchy is under ``root`` and what this process may do there."""
     kind = hierarchy(root)
     if kind == "v1":
-        memory, pids, cpu = (_cgroup_writable(root, c) for c in ("memory", "pids", "cpuacct"))
+        bases = {c: v1_group(root, c, proc_cgroup) for c in ("memory", "pids", "cpuacct")}
+        memory, pids, cpu = (_cgroup_writable(bases[c]) for c in ("memory", "pids", "cpuacct"))
         notes = []
         if not memory:
             notes.append("no writable cgroup v1 memory controller: the memory limit is off")
         if not pids:
             notes.append("no writable cgroup v1 pids controller: the process limit is off")
-        return Protections(False, memory, pids, tuple(notes), cpu, "v1" if memory or pids or cpu else "none")
+        parents = tuple((c, str(bases[c] / CGROUP_PARENT)) for c, ok in zip(bases, (memory, pids, cpu)) if ok)
+        return Protections(
+            False, memory, pids, tuple(notes), cpu, "v1" if memory or pids or cpu else "none", v1_parents=parents
+        )
     if kind == "v2":
         return _probe_v2(root, proc_cgroup)
     return Protections(False, False, False, (f"no cgroup hierarchy at {root}: the memory and process limits are off",))
 
 
-def _cgroup_writable(root: Path, controller: str) -> bool:
-    base = root / controller
+def _cgroup_writable(base: Path) -> bool:
+    """Whether the grader's group can be made in the v1 group ``base`` and a job group in it."""
     if not (base / "cgroup.procs").exists():
         return False
     try:
@@ -498,8 +629,9 @@ class Limits:
         return self
 
     def _enter_v1(self, p: Protections) -> None:
+        parents = {c: Path(path) for c, path in p.v1_parents}
         if p.memory_cgroup:
-            group = self.groups["memory"] = CGROUP_ROOT / "memory" / CGROUP_PARENT / self.name
+            group = self.groups["memory"] = parents["memory"] / self.name
             group.mkdir()
             (group / "memory.limit_in_bytes").write_text(str(self.memory_bytes))
             swap = group / "memory.memsw.limit_in_bytes"
@@ -509,11 +641,11 @@ class Limits:
                 except OSError:
                     pass
         if p.pids_cgroup:
-            group = self.groups["pids"] = CGROUP_ROOT / "pids" / CGROUP_PARENT / self.name
+            group = self.groups["pids"] = parents["pids"] / self.name
             group.mkdir()
             (group / "pids.max").write_text(str(self.pids))
         if p.cpu_accounting:
-            group = self.groups["cpuacct"] = CGROUP_ROOT / "cpuacct" / CGROUP_PARENT / self.name
+            group = self.groups["cpuacct"] = parents["cpuacct"] / self.name
             group.mkdir()
 
     def _enter_v2(self, p: Protections) -> None:
