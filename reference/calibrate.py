@@ -82,7 +82,7 @@ def jobs(with_patterns: bool = True) -> list[Job]:
     if with_patterns:
         out += [
             Job(pattern_job(fam), fam.notebook, sum(pattern_cost(patterns.BY_NAME[n]) for n in fam.cell_of))
-            for fam in patterns.families()
+            for fam in patterns.families(only={p.name for p in patterns.CALIBRATED})
         ]
     return out
 
@@ -321,7 +321,7 @@ def judge(
 ) -> dict[str, Any]:
     """Judge every variant (and every pattern of ``pattern_list``) under every seed's evidence."""
     fams = corpus.families()
-    pattern_fams = patterns.families()
+    pattern_fams = patterns.families(only={p.name for p in patterns.CALIBRATED})
     pattern_list = pattern_list or []
     rubric = grader.rubric
     bounds = grader.bounds
@@ -418,7 +418,7 @@ def calibrate(
 ) -> int:
     started = time.monotonic()
     variants = corpus.variants(count)
-    pattern_list = list(patterns.PATTERNS) if with_patterns else []
+    pattern_list = list(patterns.CALIBRATED) if with_patterns else []
     print(
         f"calibrating profile {profile!r}: {len(variants)} variants and {len(pattern_list)} patterns x {len(seeds)} "
         f"seeds, {parallel} kernels at a time",
