@@ -209,7 +209,9 @@ class PenaltyProbe:
     """The weight penalties of one training step, measured while it ran."""
 
     step: int  # the model's optimizer step (1 = its first) at which it was taken
-    mode: str  # graph (a traced step: fit, tf.function) | xla (a jit-compiled step) | eager (a GradientTape loop)
+    # graph (a traced step: a tf.function loop, a model's own train_step) | xla (a jit-compiled step) | eager (a
+    # GradientTape loop) | losses (after a fit by Keras's own train_step: the gradients of its model.losses terms)
+    mode: str
     variables: list[VariableProbe]
 
 

@@ -112,8 +112,29 @@ def test_fit_with_a_builtin_kernel_regularizer_is_measured_as_that_penalty(recor
     fit(cnn(kernel_regularizer=keras.regularizers.L1(1e-3)))
     [record] = recorder.fits()
     assert kernels(judged(record)) == {"l1"}
-    steps = [p["step"] for p in record["penalty_probes"]]
-    assert steps[:3] == [1, 2, 4] and all(p["mode"] == "graph" for p in record["penalty_probes"])
+    # Keras's own train_step adds model.losses: its terms are measured once, at the trained weights.
+    [probe] = record["penalty_probes"]
+    assert probe["mode"] == "losses" and probe["step"] == 2 * ROWS // BATCH
+
+
+def test_a_models_own_train_step_is_measured_on_its_traced_steps(recorder: Recorder) -> None:
+    class Stepped(keras.Sequential):
+        def train_step(self, data: Any) -> Any:
+            x, y = data
+            with tf.GradientTape() as tape:
+                loss = LOSS(y, self(x, training=True)) + 1e-3 * tf.add_n(
+                    [tf.reduce_sum(tf.square(w)) for w in self.trainable_weights if len(w.shape) >= 2]
+                )
+            grads = tape.gradient(loss, self.trainable_weights)
+            self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
+            return {"loss": loss}
+
+    model = Stepped([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    fit(model)
+    [record] = recorder.fits()
+    assert kernels(judged(record)) == {"l2"}
+    assert [p["step"] for p in record["penalty_probes"]][:3] == [1, 2, 4]
+    assert {p["mode"] for p in record["penalty_probes"]} == {"graph"}
 
 
 def test_a_plain_function_and_a_regularizer_subclass_are_measured_by_what_they_compute(recorder: Recorder) -> None:

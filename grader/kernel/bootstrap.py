@@ -645,6 +645,19 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
             x_fp, y_fp = tap.fingerprints(samples_dir / tag, job_dir)
             for i, source in enumerate(_stream_sources(x)):
                 sources.append(fingerprint_array(source, samples_dir / f"{tag}_src{i}.npy", job_dir))
+        if keras_train_step(model) and not probes.collected.get(model):
+            counters["in_keras"] += 1
+            try:
+                shape = x_fp.get("shape") if isinstance(x_fp, dict) else None
+                probes.probe_losses(model, list(shape[1:]) if shape else None)
+            except Exception:
+                if os.environ.get("GRADER_PROBE_DEBUG"):
+                    import traceback
+
+                    traceback.print_exc()
+                # measuring is best effort: the record then keeps the penalties the variables carried
+            finally:
+                counters["in_keras"] -= 1
         record_training(
             model, index, tag, origin=tap.origin if tap else "array", x_fp=x_fp, y_fp=y_fp, val_fp=val_fp,
             seconds=seconds, hist=getattr(history, "history", {}) or {},
@@ -868,6 +881,7 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
         tf, keras, models,
         step_model=lambda model, origin, x, y: loops.step(model, origin, x, y),
         steps_of=lambda model: int(loops.state[model]["steps"]) if model in loops.state else 0,
+        in_fit=lambda: counters["in_fit"] > 0,
     )
     original_tape_init = tf.GradientTape.__init__
     original_gradient = tf.GradientTape.gradient
@@ -1072,7 +1086,10 @@ class PenaltyProbes:
     train are recorded from the call's arguments (XLA cannot call back into Python).
     """
 
-    def __init__(self, tf: Any, keras: Any, models: Any, step_model: Any, steps_of: Any) -> None:
+    def __init__(
+        self, tf: Any, keras: Any, models: Any, step_model: Any, steps_of: Any, in_fit: Any = lambda: False
+    ) -> None:
+        self.in_fit = in_fit  # () -> whether Keras's fit is running
         self.tf = tf
         self.keras = keras
         self.models = models  # every model called so far (a WeakSet)
@@ -1189,8 +1206,8 @@ class PenaltyProbes:
 
     def _traced(self, tape: Any, target: Any, model: Any, pairs: list[tuple[Any, Any]]) -> None:
         tf = self.tf
-        if not self.stack:
-            return
+        if not self.stack or (self.in_fit() and keras_train_step(model)):
+            return  # Keras's own step adds model.losses: measured once the fit ends (probe_losses)
         mode = "xla" if _in_xla_function() else "graph"
         # Computed on every step (a tf.cond branch cannot take gradients of the graph around it), but only
         # along the penalty terms: the same ops as the student's own gradient of them, which grappler merges.
@@ -1227,6 +1244,49 @@ class PenaltyProbes:
             "model": weakref.ref(model), "variables": self._describe(pairs), "flag": flag, "sums": sums,
             "hits": hits, "seen": 0, "calls": 0, "mode": mode, "armed": True,
         })
+
+    def probe_losses(self, model: Any, row_shape: list[int] | None) -> None:
+        """After a ``fit`` by Keras's own training step, whose loss is the compiled loss plus ``model.losses``:
+        what those penalty terms add to each trainable variable's gradient, at the trained weights.
+
+        The model is called (``training=False``) on two batches of random inputs, so that terms a layer adds
+        with ``add_loss`` in its ``call`` are there; a term whose gradient differs between the two depends on
+        the data (an activity penalty) and is no weight penalty, so it is left out."""
+        import numpy as np
+
+        tf = self.tf
+        pairs = self._variables(model, list(model.trainable_variables))
+        if not pairs:
+            return
+        rng = np.random.default_rng(0)
+        passes = []
+        for _ in range(2):
+            batch = _random_like_input(tf, model, row_shape, rng)
+            with tf.GradientTape(persistent=True) as tape:
+                if batch is not None:
+                    with contextlib.suppress(Exception):
+                        model(batch, training=False)
+                terms = [t for t in model.losses if isinstance(t, tf.Tensor) and t.dtype.is_floating]
+            passes.append([
+                [np.asarray(g.numpy(), dtype=np.float64) for g in tape.gradient(
+                    term, [tv for _, tv in pairs], unconnected_gradients=tf.UnconnectedGradients.ZERO
+                )]
+                for term in terms
+            ])
+            del tape
+        first, second = passes
+        weights = [tv.numpy() for _, tv in pairs]
+        total = [np.zeros(w.shape, dtype=np.float64) for w in weights]
+        if len(first) == len(second):
+            for a, b in zip(first, second):
+                if all(np.allclose(x, y, rtol=1e-6, atol=0.0) for x, y in zip(a, b)):
+                    total = [t + x for t, x in zip(total, a)]
+        variables = self._describe(pairs)
+        for entry, p, w in zip(variables, total, weights):
+            entry["sums"] = penalty_sums(p, w)
+        iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
+        steps = int(iterations.numpy()) if iterations is not None else 1
+        self.add(model, {"step": max(steps, 1), "mode": "losses", "variables": variables})
 
     # -- tf.function calls ---------------------------------------------------------------------------
 
@@ -1287,6 +1347,34 @@ class PenaltyProbes:
         for model in list(self.xla_steps.get(id(function), [])):
             x, y = _batch_of(args, kwargs)
             self.step_model(model, "xla_step", x, y)
+
+
+def keras_train_step(model: Any) -> bool:
+    """Whether the model trains with Keras's own ``train_step`` (its loss: the compiled loss + ``model.losses``)."""
+    step = getattr(type(model), "train_step", None)
+    return getattr(step, "__qualname__", "").startswith("TensorFlowTrainer.")
+
+
+def _random_like_input(tf: Any, model: Any, row_shape: list[int] | None, rng: Any) -> Any:
+    """Two rows of random inputs in the structure the model takes (its symbolic inputs), or shaped as the
+    rows it was trained on; None when neither is known."""
+    inputs = getattr(model, "_inputs_struct", None)
+    if inputs is None:
+        with contextlib.suppress(Exception):
+            inputs = model.inputs
+            inputs = inputs[0] if isinstance(inputs, list) and len(inputs) == 1 else inputs
+
+    def rows(shape: list[int], dtype: Any = "float32") -> Any:
+        return tf.cast(tf.constant(rng.normal(size=[2, *shape])), dtype)
+
+    if inputs is not None:
+        with contextlib.suppress(Exception):
+            return tf.nest.map_structure(
+                lambda t: rows([int(d) for d in t.shape[1:]], getattr(t, "dtype", "float32")), inputs
+            )
+    if row_shape:
+        return rows(list(row_shape))
+    return None
 
 
 def _last_op_id(graph: Any) -> int:
