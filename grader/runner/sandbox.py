@@ -305,6 +305,9 @@ def _probe_cgroups(root: Path, proc_cgroup: Path) -> Protections:
     kind = hierarchy(root)
     if kind == "v1":
         bases = {c: v1_group(root, c, proc_cgroup) for c in ("memory", "pids", "cpuacct")}
+        for c, base in list(bases.items()):
+            if not _cgroup_writable(base) and base != root / c:
+                bases[c] = root / c  # its own group is gone or not ours to use: the controller's root, as before
         memory, pids, cpu = (_cgroup_writable(bases[c]) for c in ("memory", "pids", "cpuacct"))
         notes = []
         if not memory:
