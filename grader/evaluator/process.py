@@ -69,7 +69,8 @@ def _facts_from_kernel_report(report: list[dict[str, Any]]) -> list[Any]:
     facts = []
     for entry in report:
         cls = str(entry.get("class_name", ""))
-        weights = entry.get("weights") if isinstance(entry.get("weights"), dict) else {}
+        given = entry.get("weights")
+        weights: dict[str, Any] = given if isinstance(given, dict) else {}
         shapes = [s for s in weights.values() if isinstance(s, list)]
         facts.append(
             LayerFacts(
