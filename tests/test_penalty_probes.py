@@ -195,8 +195,9 @@ def test_a_penalty_that_never_reaches_the_gradient_is_not_measured(recorder: Rec
 
 
 def test_an_xla_step_without_a_deterministic_kernel_runs_with_determinism_off_and_says_so(recorder: Recorder) -> None:
-    model = keras.Sequential([
-        keras.Input((4, 4, 3)), keras.layers.Conv2D(2, 3, padding="same", kernel_regularizer=keras.regularizers.L2(1e-3)),
+    tf.config.experimental.enable_op_determinism()  # as the kernel pins it (the fixture restores the process's)
+    model = keras.Sequential([  # shapes of its own: XLA caches what it compiled in this process
+        keras.Input((4, 4, 3)), keras.layers.Conv2D(5, 3, padding="same", kernel_regularizer=keras.regularizers.L2(1e-3)),
         keras.layers.MaxPooling2D(), keras.layers.Flatten(), keras.layers.Dense(3),
     ])
     loop(model, lambda: tf.add_n(model.losses), mode="xla")

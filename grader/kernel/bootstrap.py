@@ -816,9 +816,12 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
         if counters["in_keras"]:
             return original_call(self, *args, **kwargs)
         try:
-            x = _primary(args[0] if args else kwargs.get("inputs"))
-            loops.of(self, "custom_loop")  # known now: a step traced next must find the model
-            _observe(x, functools.partial(_call_seen, weakref.ref(self)))
+            # A call traced where no tape records (an export, a prediction function) trains nothing: it gets
+            # no observer op, so an exported inference graph holds none of the recorder's Python calls.
+            if tf.executing_eagerly() or tape_recording():
+                x = _primary(args[0] if args else kwargs.get("inputs"))
+                loops.of(self, "custom_loop")  # known now: a step traced next must find the model
+                _observe(x, functools.partial(_call_seen, weakref.ref(self)))
         except Exception:
             pass
         out = original_call(self, *args, **kwargs)
@@ -874,7 +877,10 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
             loops.of(model, "custom_loop")["penalty_gradients"] += 1
 
     import tensorflow as tf
+    from tensorflow.python.eager import record
     from tensorflow.python.eager.polymorphic_function import polymorphic_function
+
+    tape_recording = record.could_possibly_record
 
     models: Any = weakref.WeakSet()
     probes = PenaltyProbes(
