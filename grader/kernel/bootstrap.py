@@ -651,11 +651,7 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
                 shape = x_fp.get("shape") if isinstance(x_fp, dict) else None
                 probes.probe_losses(model, list(shape[1:]) if shape else None)
             except Exception:
-                if os.environ.get("GRADER_PROBE_DEBUG"):
-                    import traceback
-
-                    traceback.print_exc()
-                # measuring is best effort: the record then keeps the penalties the variables carried
+                pass  # measuring is best effort: the record then keeps the penalties the variables carried
             finally:
                 counters["in_keras"] -= 1
         record_training(
@@ -926,11 +922,7 @@ def _install_recorder(job_dir: Path) -> dict[str, Any]:
             try:
                 probes.on_gradient(self, original_gradient, target, sources)
             except Exception:
-                if os.environ.get("GRADER_PROBE_DEBUG"):
-                    import traceback
-
-                    traceback.print_exc()
-                # measuring is best effort; the student's gradients are returned as computed
+                pass  # measuring is best effort; the student's gradients are returned as computed
             finally:
                 counters["probing"] -= 1
         return result
