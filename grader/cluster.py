@@ -108,7 +108,7 @@ def settings_of(config: GradingConfig) -> dict[str, Any]:
 
 
 def code_digest() -> str:
-    """sha256 of the grader's executing code as it is on this machine's disk (``grade.EXECUTION_CODE``)."""
+    """sha256 of the grader's executing code as it is on this machine's disk (``grade.execution_code_files``)."""
     return grade.execution_code_digest()
 
 

@@ -9,6 +9,7 @@ evaluator's work is scheduled by ``grader/evaluator/schedule.py``, and the evide
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
@@ -45,22 +46,77 @@ from grader.runner.files import JobFiles
 from grader.runner.sandbox import DEFAULT_MEMORY_LIMIT, IsolatedRun
 from grader.settings import GradingConfig
 
-# The code whose behaviour shapes an execution's evidence (a change re-executes notebooks): folders
-# and files of the grader package.
-EXECUTION_CODE = (
-    "kernel", "runner", "evaluator", "judging/provenance.py", "judging/matching.py", "judging/assemble.py",
-    "submissions.py", "grade.py", "datasets.py", "text.py",
+# Where an execution's evidence is made: the processes' packages (the kernel's recorder, the runner, the
+# evaluator), the assembly of their records and the data they are matched to. Every grader module
+# these import, directly or not, is
+# part of the executing code, found from their import statements (``execution_code_files``), so that a
+# change to any of them re-executes stored notebooks and makes a Dask worker with other code refuse.
+EXECUTION_ROOTS = (
+    "grader.kernel", "grader.runner", "grader.evaluator", "grader.judging.assemble", "grader.datasets",
 )
+# This module's ``collect`` drives an execution too; its other imports (checks, reports) judge and report,
+# which regrade from stored evidence, so it counts as a file, not as a root whose imports are followed.
+EXECUTION_FILES = ("grade.py",)
 
 
-def execution_code_digest() -> str:
-    """sha256 of ``EXECUTION_CODE`` as it is on this machine's disk."""
-    package = Path(__file__).resolve().parent
+def _module_file(package: Path, name: str) -> Path | None:
+    """The source file of module ``name`` (``grader.x.y``) under ``package`` (the grader folder)."""
+    rel = Path(*name.split(".")[1:])
+    if (package / rel / "__init__.py").is_file():
+        return package / rel / "__init__.py"
+    if (package / rel).with_suffix(".py").is_file():
+        return (package / rel).with_suffix(".py")
+    return None
+
+
+def _grader_imports(path: Path, name: str) -> set[str]:
+    """The ``grader`` modules (and names that may be modules) a source file imports, relative imports resolved."""
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(here[: len(here) - node.level + 1] + [node.module or ""]).strip(".") if node.level else node.module
+            if base:
+                found.add(base)
+                found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {m for m in found if m == "grader" or m.startswith("grader.")}
+
+
+def execution_code_files(package: Path | None = None) -> list[Path]:
+    """The grader's source files an execution depends on: ``EXECUTION_ROOTS`` (a package: every module in
+    it), everything they import from the grader, transitively, the packages above them, and ``EXECUTION_FILES``.
+
+    ``package``: the grader folder to read (this one by default)."""
+    package = package or Path(__file__).resolve().parent
+    todo: list[str] = []
+    for root in EXECUTION_ROOTS:
+        todo.append(root)
+        folder = package / Path(*root.split(".")[1:])
+        if folder.is_dir():
+            todo.extend(f"{root}.{p.stem}" for p in sorted(folder.glob("*.py")) if p.stem != "__init__")
+    files: dict[str, Path] = {}
+    while todo:
+        name = todo.pop()
+        path = _module_file(package, name)
+        if path is None or name in files:
+            continue
+        files[name] = path
+        parts = name.split(".")
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
+        todo.extend(_grader_imports(path, name))
+    paths = set(files.values()) | {package / name for name in EXECUTION_FILES}
+    return sorted(paths)
+
+
+def execution_code_digest(package: Path | None = None) -> str:
+    """sha256 of ``execution_code_files`` as they are on this machine's disk (names and contents)."""
+    package = package or Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for name in EXECUTION_CODE:
-        target = package / name
-        for path in sorted(target.rglob("*.py")) if target.is_dir() else [target]:
-            digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in execution_code_files(package):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 

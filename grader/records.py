@@ -59,24 +59,51 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def from_jsonable(cls: type[T], data: Any) -> T:
+def from_jsonable(cls: type[T], data: Any, *, strict: bool = False) -> T:
     """Rebuild a record of type ``cls`` from plain JSON data (the inverse of :func:`to_jsonable`).
 
     Keys that are not fields of ``cls`` are ignored (evidence written by an older grader), and values of
-    ``Literal`` fields are taken as they are, unchecked.
+    ``Literal`` fields are taken as they are, unchecked. ``strict``: at every level, a key that is not a
+    field, or a field without a default that is missing, raises ValueError instead.
     """
     import typing
 
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    if strict:
+        unknown = sorted(set(data) - {f.name for f in fields})
+        missing = [
+            f.name for f in fields
+            if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        if unknown or missing:
+            raise ValueError(f"{cls.__name__}: unknown fields {unknown}, missing fields {missing}")
     kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in fields:
         if f.name not in data:
             continue
-        kwargs[f.name] = _coerce(hints[f.name], data[f.name])
+        kwargs[f.name] = _coerce(hints[f.name], data[f.name], strict)
     return cls(**kwargs)
 
 
-def _coerce(tp: Any, value: Any) -> Any:
+def kernel_record(cls: type[T], data: Any) -> T:
+    """A record line of the kernel's ``records.jsonl`` (its ``type`` key set aside), read strictly: every
+    field of ``cls`` present at the top level, nothing unknown at any level. ValueError otherwise, so that
+    a field the kernel misspells or leaves out is refused instead of read as "not recorded"."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    fields = dict(data)
+    fields.pop("type", None)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    missing = [name for name in names if name not in fields]
+    if missing:
+        raise ValueError(f"{cls.__name__}: unknown fields {sorted(set(fields) - set(names))}, missing fields {missing}")
+    return from_jsonable(cls, fields, strict=True)
+
+
+def _coerce(tp: Any, value: Any, strict: bool = False) -> Any:
     import typing
 
     origin = typing.get_origin(tp)
@@ -84,17 +111,17 @@ def _coerce(tp: Any, value: Any) -> Any:
     if value is None:
         return None
     if dataclasses.is_dataclass(tp):
-        return from_jsonable(tp, value)  # type: ignore[arg-type]  # tp is a dataclass type here
+        return from_jsonable(tp, value, strict=strict)  # type: ignore[arg-type]  # tp is a dataclass type here
     if origin in (list, tuple) and args:
-        return [_coerce(args[0], v) for v in value]
+        return [_coerce(args[0], v, strict) for v in value]
     if origin is dict and len(args) == 2:
-        return {k: _coerce(args[1], v) for k, v in value.items()}
+        return {k: _coerce(args[1], v, strict) for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         for a in args:
             if a is type(None):
                 continue
             if isinstance(a, type) and dataclasses.is_dataclass(a) and isinstance(value, dict):
-                return from_jsonable(a, value)
+                return from_jsonable(a, value, strict=strict)
         return value
     return value
 

@@ -25,13 +25,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from grader.datasets import PROFILES
 from grader.judging.checks import RUBRIC_PATH
 from grader.machine import available_cores, threads_per_kernel
 from grader.outputs import JOBS
 from grader.runner.sandbox import DEFAULT_MEMORY_LIMIT
 
 BASELINES_DIR = Path(__file__).resolve().parent.parent / "reference" / "baselines"  # the reference's measured metrics
-PROFILES = ("smoke", "full", "tiny")  # the dataset profiles (grader/datasets.py serves each)
 SANDBOX_MODES = ("required", "off")
 MIN_MEMORY = 512 * 2**20  # below this no TensorFlow kernel starts: every notebook would fail
 

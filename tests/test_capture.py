@@ -645,3 +645,48 @@ def test_uninstalling_the_recorder_puts_keras_back_as_it_was(tmp_path: Path) -> 
         assert entry_points()["Model.fit"] is not before["Model.fit"]
 
     assert entry_points() == before
+
+
+# ---- the records' schema -------------------------------------------------------------------------
+
+
+def test_the_records_of_every_training_path_are_read_back_strictly_by_the_orchestrators_schema(
+    recorder: Recorder,
+) -> None:
+    from grader.records import EvaluateRecord, FitRecord, kernel_record
+
+    x, y = table()
+    model = table_model(kernel_regularizer=keras.regularizers.L1(0.01))
+    model.fit(x, y, epochs=1, batch_size=BATCH, verbose=0, validation_split=0.25)
+    model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH), epochs=1, verbose=0)
+    model.evaluate(x, y, verbose=0)
+    for start in range(0, ROWS, BATCH):
+        model.train_on_batch(x[start : start + BATCH], y[start : start + BATCH])
+    recorder.flush()
+    for compiled in (True, False):
+        loop_model = table_model(compiled=False, kernel_regularizer=keras.regularizers.L2(0.01))
+        gradient_tape_loop(loop_model, x, y, compiled=compiled, adds_penalties=True)
+    recorder.flush()
+
+    lines = recorder.records()
+    fits = [kernel_record(FitRecord, line) for line in lines if line["type"] == "fit"]
+    evals = [kernel_record(EvaluateRecord, line) for line in lines if line["type"] == "evaluate"]
+    assert sorted(f.origin for f in fits) == ["array", "custom_loop", "custom_loop", "tf.data", "train_on_batch"]
+    assert len(evals) == 1
+    assert any(f.penalty_probes for f in fits)  # nested records (probes, variables, fingerprints) read too
+
+
+def test_a_kernel_record_with_a_misspelt_or_missing_field_is_refused(recorder: Recorder) -> None:
+    from grader.records import FitRecord, kernel_record
+
+    x, y = table()
+    table_model().fit(x, y, epochs=1, verbose=0)
+    [line] = recorder.fits()
+    kernel_record(FitRecord, line)
+    misspelt = {("trained_penaltys" if k == "trained_penalties" else k): v for k, v in line.items()}
+    with pytest.raises(ValueError, match="trained_penaltys"):
+        kernel_record(FitRecord, misspelt)
+    with pytest.raises(ValueError, match="interrupted"):
+        kernel_record(FitRecord, {k: v for k, v in line.items() if k != "interrupted"})
+    with pytest.raises(ValueError, match="samples_fil"):
+        kernel_record(FitRecord, {**line, "x": {**line["x"], "samples_fil": "x.npy"}})

@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from grader.evaluator import protocol
-from grader.records import FitRecord, from_jsonable, write_json_atomic
+from grader.records import FitRecord, kernel_record, write_json_atomic
 
 POLL_SECONDS = 0.05
 MAX_CUSTODY_BYTES = 4 * protocol.MAX_MODEL_BYTES  # every model of one notebook kept, together
@@ -292,7 +292,7 @@ def _fit_records(lines: list[bytes]) -> list[FitRecord]:
         try:
             data = json.loads(line)
             if isinstance(data, dict) and data.get("type") == "fit":
-                fits.append(from_jsonable(FitRecord, data))
+                fits.append(kernel_record(FitRecord, data))
         except (ValueError, TypeError, AttributeError):
             continue  # a line the kernel could not finish, or a forged one
     return fits

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from grader.records import ArrayFingerprint, EvaluateRecord, FitRecord, from_jsonable
+from grader.records import ArrayFingerprint, EvaluateRecord, FitRecord, kernel_record
 
 MAX_RECORDS_BYTES = 50 * 1024 * 1024
 MAX_SAMPLES_BYTES = 200 * 1024 * 1024
@@ -103,9 +103,9 @@ class JobFiles:
             try:
                 data = json.loads(line)
                 if data.get("type") == "fit":
-                    fits.append(from_jsonable(FitRecord, data))
+                    fits.append(kernel_record(FitRecord, data))
                 elif data.get("type") == "evaluate":
-                    evals.append(from_jsonable(EvaluateRecord, data))
+                    evals.append(kernel_record(EvaluateRecord, data))
             except (ValueError, TypeError, AttributeError):
                 continue  # a line the kernel could not finish (killed mid-write) or a forged one
         return fits, evals
