@@ -43,7 +43,7 @@ from grader.outputs import write_atomic
 from grader.records import Evidence, from_jsonable, to_jsonable, write_json_atomic
 from grader.runner import execute
 from grader.runner.files import JobFiles
-from grader.settings import GradingConfig, parse_resources
+from grader.settings import ExecutionSettings, GradingConfig, parse_resources
 
 if TYPE_CHECKING:
     import pytest
@@ -95,14 +95,10 @@ class WorkerNotReady(RuntimeError):
 
 
 def settings_of(config: GradingConfig) -> dict[str, Any]:
-    """The execution settings a worker grades with, as JSON: the client's, except the kernels' thread
-    count, which is the worker's (``_worker_grader``)."""
+    """What a worker grades with, as JSON: the client's execution settings (``ExecutionSettings``, whose
+    thread count the worker replaces with its own: ``_worker_grader``) and the client's data folder."""
     return {
-        "profile": config.profile,
-        "seed": config.seed,
-        "cell_timeout": config.cell_timeout,
-        "notebook_timeout": config.notebook_timeout,
-        "memory_limit": config.memory_limit,
+        "execution": ExecutionSettings.of(config).to_json(),
         "data_dir": str(config.data_dir) if config.data_dir else None,
     }
 
@@ -129,10 +125,9 @@ def mismatch(expected: dict[str, str], own: dict[str, str]) -> str:
     return "; ".join(differ)
 
 
-def deadline_seconds(config: GradingConfig | dict[str, Any]) -> float:
+def deadline_seconds(config: GradingConfig | ExecutionSettings) -> float:
     """How long one task may run on its worker before it is stopped."""
-    timeout = config["notebook_timeout"] if isinstance(config, dict) else config.notebook_timeout
-    return float(timeout) + execute.RUNNER_GRACE + EVALUATOR_TIMEOUT + DEADLINE_MARGIN
+    return float(config.notebook_timeout) + execute.RUNNER_GRACE + EVALUATOR_TIMEOUT + DEADLINE_MARGIN
 
 
 # ------------------------------------------------------------------------------------------------
@@ -186,7 +181,7 @@ def run_task(notebook: bytes, task: str) -> bytes:
     stopped: list[str] = []
     watcher = threading.Thread(
         target=_watch,
-        args=(worker, task_key, job_dir, started, deadline_seconds(spec["settings"]), stop, stopped),
+        args=(worker, task_key, job_dir, started, deadline_seconds(ExecutionSettings.from_json(spec["settings"]["execution"])), stop, stopped),
         name="grader-task-watch",
         daemon=True,
     )
@@ -232,17 +227,18 @@ def _worker_grader(settings_json: str, base: str, nthreads: int) -> Grader:
     ``auto``, the cores this worker process may use divided by its Dask threads.
     """
     s = json.loads(settings_json)
+    execution = ExecutionSettings.from_json(s["execution"])
     data_dir = settings.resolve("data_dir", None) or s["data_dir"]  # the worker's GRADER_DATA_DIR first
     cache = settings.resolve("data_cache", None)  # the worker's GRADER_DATA_CACHE, else the setting's default
     config = GradingConfig(
         grades_dir=Path(base),
-        profile=s["profile"],
-        seed=s["seed"],
-        cell_timeout=s["cell_timeout"],
-        notebook_timeout=s["notebook_timeout"],
+        profile=execution.profile,
+        seed=execution.seed,
+        cell_timeout=execution.cell_timeout,
+        notebook_timeout=execution.notebook_timeout,
         data_dir=Path(data_dir).resolve() if data_dir else None,
         cache_dir=Path(cache).resolve(),
-        memory_limit=s["memory_limit"],
+        memory_limit=execution.memory_limit,
         threads=settings.resolve_threads(None, max(1, nthreads), default=WORKER_THREADS),
         sandbox=settings.resolve("sandbox", None),  # the worker's own GRADER_SANDBOX
     )

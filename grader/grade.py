@@ -44,7 +44,7 @@ from grader.reports import report
 from grader.runner import execute, gpu, sandbox
 from grader.runner.files import JobFiles
 from grader.runner.sandbox import DEFAULT_MEMORY_LIMIT, IsolatedRun
-from grader.settings import GradingConfig
+from grader.settings import ExecutionSettings, GradingConfig
 
 # Where an execution's evidence is made: the processes' packages (the kernel's recorder, the runner, the
 # evaluator), the assembly of their records and the data they are matched to. Every grader module
@@ -245,15 +245,13 @@ class Grader:
         digest = hashlib.sha256()
         digest.update(notebook.read_bytes())
         digest.update(execution_code_digest().encode())
+        # The thread count moves metrics in their last digits (settings.threads_setting); a memory limit
+        # decides whether a notebook runs out of memory.
+        digest.update(ExecutionSettings.of(self.config, threads).to_json().encode())
         protections = sandbox.probe()
-        settings = (
-            self.config.profile, self.config.seed, self.config.cell_timeout, self.config.notebook_timeout,
-            # The thread count moves metrics in their last digits (settings.threads_setting).
-            self.config.threads if threads is None else threads,
-            # An execution without the whole sandbox is never reused by a run that has it.
-            (protections.bubblewrap, protections.memory_cgroup, protections.pids_cgroup),
-        )
-        digest.update(repr((__version__, settings, self.store.fingerprint)).encode())
+        # An execution without the whole sandbox is never reused by a run that has it.
+        sandboxed = (protections.bubblewrap, protections.memory_cgroup, protections.pids_cgroup)
+        digest.update(repr((__version__, sandboxed, self.store.fingerprint)).encode())
         return digest.hexdigest()
 
     def cached_evidence(self, job_dir: Path, key: str) -> Evidence | None:

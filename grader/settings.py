@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -455,6 +456,49 @@ def check_sandbox(mode: str, flag: str = "--sandbox", own_notebook: bool = False
 # ------------------------------------------------------------------------------------------------
 # One grading run's settings, as the orchestrator takes them
 # ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionSettings:
+    """The settings an execution's evidence depends on, besides the notebook, the grader's code and the data
+    served: one record, written the same way into the cache key and into a Dask task (``to_json``).
+
+    ``threads``: threads per kernel (None: the kernel's libraries choose); ``memory_limit``: bytes per
+    runner or evaluator (None: the sandbox's default). A notebook that ran out of memory, or time, under
+    one setting is executed again under another.
+    """
+
+    profile: str
+    seed: int
+    cell_timeout: float
+    notebook_timeout: float
+    threads: int | None
+    memory_limit: int | None
+
+    @classmethod
+    def of(cls, config: GradingConfig, threads: int | None = None) -> ExecutionSettings:
+        """A run's execution settings; ``threads``: the kernels' thread count where it is not the run's
+        (a Dask worker's own)."""
+        return cls(
+            profile=config.profile,
+            seed=config.seed,
+            cell_timeout=float(config.cell_timeout),
+            notebook_timeout=float(config.notebook_timeout),
+            threads=config.threads if threads is None else threads,
+            memory_limit=config.memory_limit,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ExecutionSettings:
+        """The inverse of ``to_json``; ValueError for a field unknown or missing (another grader version)."""
+        data = json.loads(text)
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or set(data) != names:
+            raise ValueError(f"execution settings: expected the fields {sorted(names)}, got {sorted(data) if isinstance(data, dict) else data!r}")
+        return cls(**data)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,7 +34,7 @@ import pytest
 
 from grader import cluster
 from grader.runner import sandbox
-from grader.settings import GradingConfig
+from grader.settings import ExecutionSettings, GradingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 # The scheduler's allowed-failures: a task whose worker died twice is failed with KilledWorker.
@@ -452,12 +452,22 @@ def test_a_mismatch_names_what_differs() -> None:
     assert text == f"executing code (sha256) {'a' * 12} where the client has {'b' * 12}"
 
 
-def test_the_task_carries_the_execution_settings_and_not_the_thread_count(tmp_path: Path) -> None:
+def test_the_task_carries_the_execution_settings_of_the_cache_key_and_the_worker_keeps_its_thread_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = GradingConfig(grades_dir=tmp_path, profile="tiny", threads=7, notebook_timeout=100.0, memory_limit=2**30)
     settings = cluster.settings_of(config)
     assert json.loads(json.dumps(settings)) == settings
-    assert "threads" not in settings and settings["notebook_timeout"] == 100.0 and settings["memory_limit"] == 2**30
-    assert cluster.deadline_seconds(config) == cluster.deadline_seconds(settings) > 100.0
+    execution = ExecutionSettings.from_json(settings["execution"])
+    assert execution == ExecutionSettings.of(config)
+    assert execution.notebook_timeout == 100.0 and execution.memory_limit == 2**30
+    assert cluster.deadline_seconds(config) == cluster.deadline_seconds(execution) > 100.0
+    monkeypatch.delenv("GRADER_THREADS", raising=False)
+    monkeypatch.setattr(cluster.Grader, "data_dir", tmp_path)  # no data is served for this check
+    worker = cluster._worker_grader.__wrapped__(json.dumps(settings), str(tmp_path / "worker"), 1)
+    assert ExecutionSettings.of(worker.config) == dataclasses.replace(execution, threads=worker.config.threads)
+    with pytest.raises(ValueError, match="fields"):
+        ExecutionSettings.from_json(json.dumps({**dataclasses.asdict(execution), "timeout": 1}))
 
 
 def test_an_answer_is_read_only_within_its_names_and_sizes() -> None:
