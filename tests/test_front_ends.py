@@ -124,7 +124,7 @@ def test_a_dask_worker_reads_its_thread_count_by_the_same_rule(
             self.data_dir = tmp_path
 
     monkeypatch.setattr(cluster, "Grader", Grader)
-    spec = {"profile": "tiny", "seed": 0, "cell_timeout": 60.0, "notebook_timeout": 300.0, "data_dir": None, "memory_limit": None}
+    spec = cluster.settings_of(GradingConfig(grades_dir=tmp_path, profile="tiny", cell_timeout=60.0, notebook_timeout=300.0))
     import json
 
     worker = cluster._worker_grader.__wrapped__(json.dumps(spec), str(tmp_path / "base"), 1)  # type: ignore[attr-defined]

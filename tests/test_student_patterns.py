@@ -48,12 +48,12 @@ FAST = {
     "integrity.test_only_train_on_batch_l2",
     "recap.dataset_l1",
     "recap.tape_eager_no_losses_l1",
-    # mechanisms: one per way a penalty reaches the gradient, correct and wrong.
+    # mechanisms: one per way a penalty reaches the gradient, correct and wrong (XLA steps, whose compiling
+    # takes most of a family's time, are measured in-process by tests/test_penalty_probes.py).
     "mechanisms.custom_function_named_l1_computes_l2",
     "mechanisms.layer_dense_l1",
     "mechanisms.add_loss_activity_l2",
     "mechanisms.tape_penalty_outside_tape_l1",
-    "mechanisms.xla_step_model_losses_l1",
     "mechanisms.dict_inputs_model_l2",
 }
 CASES = [
