@@ -55,7 +55,9 @@ from grader.runner import sandbox
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = Path(__file__).resolve().parent / "adversarial"
 CONTROL = "control_solution_scores_as_when_graded_alone"
-CELL_TIMEOUT = 8
+# Long enough for the control's small recap cells when three kernels share two busy cores (8 s was not),
+# short enough that the endless-loop notebooks end soon.
+CELL_TIMEOUT = 15
 NOTEBOOK_TIMEOUT = 90
 MEMORY_LIMIT = "2G"
 MEMORY_LIMIT_BYTES = 2 * 2**30
