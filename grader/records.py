@@ -59,12 +59,13 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def from_jsonable(cls: type[T], data: Any, *, strict: bool = False) -> T:
+def from_jsonable(cls: type[T], data: Any, *, strict: bool = False, require_all: bool = False) -> T:
     """Rebuild a record of type ``cls`` from plain JSON data (the inverse of :func:`to_jsonable`).
 
     Keys that are not fields of ``cls`` are ignored (evidence written by an older grader), and values of
     ``Literal`` fields are taken as they are, unchecked. ``strict``: at every level, a key that is not a
-    field, or a field without a default that is missing, raises ValueError instead.
+    field, or a field without a default that is missing, raises ValueError instead; ``require_all``: at
+    this level, a missing field with a default too.
     """
     import typing
 
@@ -76,7 +77,8 @@ def from_jsonable(cls: type[T], data: Any, *, strict: bool = False) -> T:
         unknown = sorted(set(data) - {f.name for f in fields})
         missing = [
             f.name for f in fields
-            if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if f.name not in data
+            and (require_all or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING))
         ]
         if unknown or missing:
             raise ValueError(f"{cls.__name__}: unknown fields {unknown}, missing fields {missing}")
@@ -96,11 +98,7 @@ def kernel_record(cls: type[T], data: Any) -> T:
         raise ValueError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
     fields = dict(data)
     fields.pop("type", None)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    missing = [name for name in names if name not in fields]
-    if missing:
-        raise ValueError(f"{cls.__name__}: unknown fields {sorted(set(fields) - set(names))}, missing fields {missing}")
-    return from_jsonable(cls, fields, strict=True)
+    return from_jsonable(cls, fields, strict=True, require_all=True)
 
 
 def _coerce(tp: Any, value: Any, strict: bool = False) -> Any:
