@@ -385,8 +385,12 @@ class Family:
         return sum(SPECS[n].cost * (1.0 if SPECS[n].part == RECAP else 8.0) for n in self.cell_of if n in SPECS)
 
 
-def _notebook(cells: list[nbformat.NotebookNode]) -> nbformat.NotebookNode:
+def family_notebook(cells: list[nbformat.NotebookNode]) -> nbformat.NotebookNode:
+    """A notebook of ``cells`` whose bytes depend on their contents only: each cell's id is its index
+    (nbformat draws random ids), so ``calibrate --work`` finds the executions of an earlier run."""
     nb = nbformat.v4.new_notebook()
+    for i, cell in enumerate(cells):
+        cell.id = f"cell-{i}"
     nb.cells = cells
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
@@ -403,7 +407,7 @@ def families(practice_notebooks: int = 2) -> list[Family]:
     for spec in RECAP_SPECS:
         cell_of[spec.name] = len(cells)
         cells.append(code(spec.code))
-    out.append(Family("recap", _notebook(cells), cell_of, setup=(2,)))
+    out.append(Family("recap", family_notebook(cells), cell_of, setup=(2,)))
     groups: list[list[Spec]] = [[] for _ in range(practice_notebooks)]
     for spec in sorted(CNN_SPECS, key=lambda s: -s.cost):  # longest first, each to the lightest notebook
         min(groups, key=lambda g: sum(s.cost for s in g)).append(spec)
@@ -413,7 +417,7 @@ def families(practice_notebooks: int = 2) -> list[Family]:
         for spec in group:
             cell_of[spec.name] = len(cells)
             cells.append(code(spec.code))
-        out.append(Family(f"{CNN}{i + 1}", _notebook(cells), cell_of, setup=(1,)))
+        out.append(Family(f"{CNN}{i + 1}", family_notebook(cells), cell_of, setup=(1,)))
     return out
 
 

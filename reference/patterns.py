@@ -40,7 +40,7 @@ import nbformat
 
 from grader.judging.checks import CHECK_IDS
 from grader.records import CNN, RECAP, Part
-from reference.corpus import CIFAR_SETUP, RECAP_SETUP
+from reference.corpus import CIFAR_SETUP, RECAP_SETUP, family_notebook
 
 TOPICS = ("rebuild", "training", "preprocessing", "integrity", "recap", "mechanisms")
 
@@ -1254,10 +1254,7 @@ def _family(name: str, patterns: list[Pattern]) -> Family:
     for pattern in patterns:
         cell_of[pattern.name] = len(cells)
         cells.append(code(pattern.code))
-    nb = nbformat.v4.new_notebook()
-    nb.cells = cells
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    return Family(name, nb, cell_of, setup=(1,))
+    return Family(name, family_notebook(cells), cell_of, setup=(1,))
 
 
 def families(only: set[str] | None = None) -> list[Family]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import nbformat
 import pytest
 
 from grader.judging import checks
@@ -209,3 +210,10 @@ def test_tallies_add_up() -> None:
     b.add(True, True)
     total = a + b
     assert (total.should_pass, total.false_fail, total.should_fail, total.false_pass, total.unlabelled) == (2, 1, 1, 1, 1)
+
+
+def test_family_notebooks_are_the_same_bytes_each_time_they_are_built() -> None:
+    """``calibrate --work`` reuses an execution whose notebook bytes are unchanged: ids must not be drawn."""
+    for build in (corpus.families, patterns.families):
+        first, again = build(), build()
+        assert [nbformat.writes(f.notebook) for f in first] == [nbformat.writes(f.notebook) for f in again]
