@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grader import __version__, grade, settings, submissions
+from grader.errors import ClusterError, WorkerNotReady
 from grader.evaluator.schedule import EVALUATOR_TIMEOUT
 from grader.grade import Grader
 from grader.outputs import write_atomic
@@ -79,14 +80,6 @@ QUIET_WORKER_ENV = {
     "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "500ms",
     "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "2s",
 }
-
-
-class ClusterError(RuntimeError):
-    """A submission could not be executed on the cluster (refused, lost, failed there); the message says why."""
-
-
-class WorkerNotReady(RuntimeError):
-    """A worker could not prepare to grade (raised in the task, so Dask runs it again, up to ``RETRIES``)."""
 
 
 # ------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any
 
 from grader import __version__, submissions
 from grader.datasets import DatasetStore, boston_split, served_cifar10
+from grader.errors import SandboxUnavailable
 from grader.evaluator import schedule
 from grader.evaluator.custody import Custody
 from grader.evaluator.inputs import CanonicalInputs
@@ -427,10 +428,6 @@ class Grader:
             )
         except Exception:  # a page must never cost a grade
             (student_dir(self.config.grades_dir, result.key) / "feedback-error.txt").write_text(traceback.format_exc())
-
-
-class SandboxUnavailable(RuntimeError):
-    """The run requires the sandbox and this machine lacks part of it: nothing is executed."""
 
 
 def _import_reporting() -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grader import settings
+from grader.errors import UsageError
 from grader.settings import GradingConfig
 
 if TYPE_CHECKING:
@@ -148,10 +149,6 @@ export GRADER_TIME_BUDGET="${{GRADER_TIME_BUDGET:-{time_budget}}}"
 cd "$source_dir" || exit 1
 exec "$python" -m grader.gradescope run --root "$root" --profile {profile} --data-cache "$source_dir/{data_cache}"
 """
-
-
-class UsageError(Exception):
-    """A command line that cannot be carried out: reported on one line, exit status 2."""
 
 
 def checkout_root() -> Path | None:
@@ -664,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
             settings.resolve("data_cache", None) if os.environ.get(settings.SETTINGS["data_cache"].env) else None
         )
         threads = settings.threads_setting(args.threads, WORKERS)  # as pytest grader/ gives one kernel
-    except (UsageError, settings.UsageError) as exc:
+    except UsageError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 2
     timer = guard(args.root, args.time_budget, started)

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from grader.errors import MetadataError, UnsafeArchive
 from grader.outputs import write_atomic
 from grader.submissions import Submission, discover
 
@@ -58,10 +59,6 @@ _CANVAS_ANON_ENTRY = re.compile(rf"(?:(?P<late>LATE)_)?(?P<user>{_ANON})_(?P<kin
 _RESUBMISSION = re.compile(r"(?P<stem>.*)-(?P<number>\d+)")
 _GRADESCOPE_FOLDER = re.compile(r"submission_(?P<id>\d+)")
 GRADESCOPE_METADATA = "submission_metadata.yml"
-
-
-class UnsafeArchive(ValueError):
-    """A zip the grader refuses to extract; the message says which member and why."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -738,10 +735,6 @@ def _timestamp(value: Any) -> dt.datetime | None:
 # ---------------------------------------------------------------------------------------------
 # The YAML subset of submission_metadata.yml
 # ---------------------------------------------------------------------------------------------
-
-
-class MetadataError(ValueError):
-    """submission_metadata.yml is not YAML this reader understands; the message names the line."""
 
 
 class _PsychLoader(yaml.SafeLoader):

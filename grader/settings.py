@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from grader.datasets import PROFILES
+from grader.errors import UsageError
 from grader.judging.checks import RUBRIC_PATH
 from grader.machine import available_cores, threads_per_kernel
 from grader.outputs import JOBS
@@ -35,10 +36,6 @@ from grader.runner.sandbox import DEFAULT_MEMORY_LIMIT
 BASELINES_DIR = Path(__file__).resolve().parent.parent / "reference" / "baselines"  # the reference's measured metrics
 SANDBOX_MODES = ("required", "off")
 MIN_MEMORY = 512 * 2**20  # below this no TensorFlow kernel starts: every notebook would fail
-
-
-class UsageError(Exception):
-    """A wrong option, environment variable or folder: reported in a few lines, before anything runs."""
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import nbformat
 
+from grader.errors import InvalidNotebook
 from grader.records import CNN, OTHER, RECAP, Part
 
 MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024
@@ -76,10 +77,6 @@ def discover(folder: Path) -> list[Submission]:
             for s in found
         ]
     return found
-
-
-class InvalidNotebook(ValueError):
-    """The file is not a notebook the grader can run; the message is for the student."""
 
 
 def read_notebook(path: Path) -> nbformat.NotebookNode:

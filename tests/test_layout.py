@@ -31,6 +31,7 @@ PROCESS_MAY_REACH = {
     "grader.runner.process": frozenset(
         {
             "grader",
+            "grader.errors",
             "grader.outputs",
             "grader.records",
             "grader.runner",

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from grader.errors import RubricError
 from grader.judging.hints import keras3_hint, quotes_exception, unreadable_model
 from grader.records import (
     CNN,
@@ -67,10 +68,6 @@ class Rubric:
     @property
     def max_score(self) -> float:
         return float(sum(c.points for c in self.checks.values()))
-
-
-class RubricError(ValueError):
-    """The rubric file is wrong; the message names the file and the entry."""
 
 
 def load_rubric(path: Path = RUBRIC_PATH) -> Rubric:
