@@ -63,7 +63,6 @@ class Canonical:
 
     # What matching needs of the canonical data alone, derived once per dataset and reused for every
     # recorded array (over the whole CIFAR-10 training set these reductions cost seconds each time).
-
     @functools.cached_property
     def train_channel_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per channel mean, std (zeros replaced by 1), min and max of the training rows."""

@@ -395,6 +395,9 @@ def _history_panels(history: dict[str, list[float]]) -> list[tuple[str, list[str
     return [(n, [k for k in (n, f"val_{n}") if k in history]) for n in panels]
 
 
+MetricRow = tuple[str, float, dict[str, float] | None, float | None, bool | None]  # kind, value, reference, bound, passed
+
+
 def _metric_plot(
     figures: Figures,
     part: str,
@@ -405,7 +408,7 @@ def _metric_plot(
     metric = "mse" if part == "recap" else "accuracy"
     noun = "test MSE" if part == "recap" else "test accuracy"
     title = f"Your recomputed {noun} against the reference"
-    rows: list[tuple[str, float, dict[str, float] | None, float | None, bool | None]] = []
+    rows: list[MetricRow] = []
     notes = []
     for kind, m in chosen.items():
         if m is None:
@@ -438,80 +441,79 @@ def _metric_plot(
         if not notes:
             return None
         return Plot(title, None, 0, "", notes)
-    better = "lower is better" if part == "recap" else "higher is better"
-    height = 1.9 + 0.75 * len(rows)
-
-    def build() -> Figure:
-        fig, ax = drawing.figure(height)
-        ys = list(range(len(rows)))[::-1]
-        xs_all: list[float] = []
-        for y, (kind, value, ref, bound, ok) in zip(ys, rows, strict=True):
-            if ref is not None:
-                ax.plot(
-                    [ref["min"], ref["max"]],
-                    [y, y],
-                    color=REF_COLOR,
-                    linewidth=9,
-                    alpha=0.45,
-                    solid_capstyle="butt",
-                    label="reference range" if y == ys[0] else None,
-                )
-                ax.plot(
-                    [ref["median"]],
-                    [y],
-                    marker="|",
-                    markersize=18,
-                    color="#444444",
-                    linestyle="none",
-                    label="reference median" if y == ys[0] else None,
-                )
-                xs_all += [ref["min"], ref["max"]]
-            if bound is not None:
-                ax.plot(
-                    [bound, bound],
-                    [y - 0.32, y + 0.32],
-                    color=FAIL_COLOR,
-                    linestyle="--",
-                    linewidth=1.5,
-                    label="bound" if y == ys[0] else None,
-                )
-                xs_all.append(bound)
-            color = KIND_COLOR[kind] if ok is None else (PASS_COLOR if ok else FAIL_COLOR)
-            ax.plot(
-                [value],
-                [y],
-                marker="o",
-                markersize=9,
-                color=color,
-                linestyle="none",
-                markeredgecolor="black",
-                label="yours" if y == ys[0] else None,
-            )
-            ax.annotate(
-                _metric_str(metric, value),
-                (value, y),
-                xytext=(0, 9),
-                textcoords="offset points",
-                ha="center",
-                fontsize=9,
-            )
-            xs_all.append(value)
-        lo, hi = min(xs_all), max(xs_all)
-        pad = (hi - lo) * 0.15 or abs(hi) * 0.1 or 1.0
-        ax.set_xlim(lo - pad, hi + pad)
-        ax.set_ylim(-0.7, len(rows) - 0.3)
-        ax.yaxis.set_major_locator(FixedLocator(ys))
-        ax.set_yticklabels([f"your {k.upper()}" for k, *_ in rows])
-        unit = "test MSE, (thousand USD)²" if part == "recap" else "test accuracy (fraction correct)"
-        ax.set_xlabel(f"{unit}; {better}")
-        ax.set_title(f"Recomputed {noun} vs the reference")
-        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=4, frameon=False, fontsize=8)
-        ax.grid(axis="x", alpha=0.3)
-        return fig
-
     alt = "; ".join(f"your {k.upper()}: {_metric_str(metric, v)}" for k, v, *_ in rows)
-    return figures.plot(title, alt, notes, build)
+    return figures.plot(title, alt, notes, lambda: _draw_metric_rows(rows, metric, part, noun))
 
+
+def _draw_metric_rows(rows: list[MetricRow], metric: str, part: str, noun: str) -> Figure:
+    """The metric figure: per model, the reference range and median, the bound and the student's value."""
+    better = "lower is better" if part == "recap" else "higher is better"
+    fig, ax = drawing.figure(1.9 + 0.75 * len(rows))
+    ys = list(range(len(rows)))[::-1]
+    xs_all: list[float] = []
+    for y, (kind, value, ref, bound, ok) in zip(ys, rows, strict=True):
+        if ref is not None:
+            ax.plot(
+                [ref["min"], ref["max"]],
+                [y, y],
+                color=REF_COLOR,
+                linewidth=9,
+                alpha=0.45,
+                solid_capstyle="butt",
+                label="reference range" if y == ys[0] else None,
+            )
+            ax.plot(
+                [ref["median"]],
+                [y],
+                marker="|",
+                markersize=18,
+                color="#444444",
+                linestyle="none",
+                label="reference median" if y == ys[0] else None,
+            )
+            xs_all += [ref["min"], ref["max"]]
+        if bound is not None:
+            ax.plot(
+                [bound, bound],
+                [y - 0.32, y + 0.32],
+                color=FAIL_COLOR,
+                linestyle="--",
+                linewidth=1.5,
+                label="bound" if y == ys[0] else None,
+            )
+            xs_all.append(bound)
+        color = KIND_COLOR[kind] if ok is None else (PASS_COLOR if ok else FAIL_COLOR)
+        ax.plot(
+            [value],
+            [y],
+            marker="o",
+            markersize=9,
+            color=color,
+            linestyle="none",
+            markeredgecolor="black",
+            label="yours" if y == ys[0] else None,
+        )
+        ax.annotate(
+            _metric_str(metric, value),
+            (value, y),
+            xytext=(0, 9),
+            textcoords="offset points",
+            ha="center",
+            fontsize=9,
+        )
+        xs_all.append(value)
+    lo, hi = min(xs_all), max(xs_all)
+    pad = (hi - lo) * 0.15 or abs(hi) * 0.1 or 1.0
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.yaxis.set_major_locator(FixedLocator(ys))
+    ax.set_yticklabels([f"your {k.upper()}" for k, *_ in rows])
+    unit = "test MSE, (thousand USD)²" if part == "recap" else "test accuracy (fraction correct)"
+    ax.set_xlabel(f"{unit}; {better}")
+    ax.set_title(f"Recomputed {noun} vs the reference")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=4, frameon=False, fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
 
 def _time_plot(
     figures: Figures, chosen: dict[str, ModelEvidence | None], baseline: dict[str, Any] | None
