@@ -203,7 +203,7 @@ def pytest_report_header_without_benchmark(config: pytest.Config) -> Generator[N
 
 
 def submissions_of(config: pytest.Config) -> list[Submission]:
-    """The submissions: a plain folder's notebooks, or a Canvas or Gradescope download's (grader/lms.py),
+    """The submissions: a plain folder's notebooks, or a Canvas or Gradescope download's (grader/lms/),
     a zip being extracted once into the grades dir's ``_lms/`` (hidden from the kernels with it)."""
     if SUBMISSIONS_KEY not in config.stash:
         folder = _submissions_dir(config)

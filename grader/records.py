@@ -358,7 +358,7 @@ class SubmissionResult:
     seed: int
     models: list[TrainedModel] = dataclasses.field(default_factory=list)  # every captured model, in training order
     unsandboxed: list[str] = dataclasses.field(default_factory=list)  # protections missing when the notebook ran
-    # Who it belongs to, where the submissions came from an LMS download (grader/lms.py).
+    # Who it belongs to, where the submissions came from an LMS download (grader/lms/).
     student_id: str = ""
     name: str = ""
     late: bool = False

@@ -29,7 +29,7 @@ MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024
 class Submission:
     """One student's work: ``key`` names it in every report; ``problem`` is set when it cannot be graded.
 
-    The other fields say who it belongs to when it comes from an LMS download (grader/lms.py), and
+    The other fields say who it belongs to when it comes from an LMS download (grader/lms/), and
     stay empty for a plain folder: ``lms`` is "canvas" or "gradescope"; ``student_id`` is the LMS's
     id of the student (the Canvas user id; the Gradescope SIDs, else emails, comma-separated for a
     group); ``name`` is the name the LMS gives (comma-separated for a group); ``late`` is set when

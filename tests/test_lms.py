@@ -1,4 +1,4 @@
-"""Tests of grader/lms.py: reading Canvas and Gradescope downloads (zipped or not), extracting zips
+"""Tests of grader/lms/: reading Canvas and Gradescope downloads (zipped or not), extracting zips
 safely, the metadata YAML reader, and writing a Canvas gradebook back with this exercise's grades."""
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 from builders import make_zip, notebook_bytes
 
+from grader.errors import MetadataError, UnsafeArchive
 from grader.lms import (
     DEFAULT_COLUMN,
-    MetadataError,
-    UnsafeArchive,
     extract_zip,
     load,
     load_submissions,
