@@ -72,6 +72,16 @@ def test_every_data_file_of_the_packages_is_package_data() -> None:
     assert "grader/test_grading.py" in listed  # a module of the package: the wheel carries it
 
 
+def test_every_package_of_the_source_is_listed_for_the_wheel() -> None:
+    found = sorted(
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("grader", "reference")
+        for init in (ROOT / top).rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    )
+    assert sorted(PYPROJECT["tool"]["setuptools"]["packages"]) == found
+
+
 # --- --version and the command -----------------------------------------------------------------------
 
 
