@@ -28,7 +28,7 @@ from typing import Any
 
 from grader.datasets import PROFILES
 from grader.errors import UsageError
-from grader.judging.checks import RUBRIC_PATH
+from grader.judging.rubric import RUBRIC_PATH
 from grader.machine import available_cores, threads_per_kernel
 from grader.outputs import JOBS
 from grader.runner.sandbox import DEFAULT_MEMORY_LIMIT

@@ -2,7 +2,7 @@
 models the pages show, number formatting, and rendering a template.
 
 Templates are in ``templates/``; every student-controlled string is escaped by jinja2's autoescape.
-Which model is "the L1 CNN" is decided by ``grader.judging.checks`` (``pick``, ``recap_models``,
+Which model is "the L1 CNN" is decided by ``grader.judging.models`` (``pick``, ``recap_models``,
 ``cnn_models``), never by variable names.
 """
 
