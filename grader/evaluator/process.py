@@ -304,11 +304,12 @@ def _answer(eval_dir: Path, name: str) -> None:
 
 
 def serve(eval_dir: Path) -> None:
-    """Answer requests as they come, until ``requests/END`` is there and every request is answered."""
-    import keras
+    """Answer requests as they come, until ``requests/END`` is there and every request is answered.
 
+    Keras (and TensorFlow) is imported, and seeded, when the first request comes: a notebook that trains
+    no model never pays for it, in time or memory.
+    """
     session = json.loads((eval_dir / protocol.SESSION).read_text())
-    keras.utils.set_random_seed(int(session.get("seed", 0)))
     requests = eval_dir / protocol.REQUESTS
     answered: set[str] = set()
     while True:
@@ -320,6 +321,10 @@ def serve(eval_dir: Path) -> None:
                 return
             time.sleep(protocol.POLL_SECONDS)
             continue
+        import keras
+
+        if not answered:
+            keras.utils.set_random_seed(int(session.get("seed", 0)))
         for name in todo:
             _answer(eval_dir, name)
             answered.add(name)
