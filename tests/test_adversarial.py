@@ -1056,11 +1056,14 @@ FLAGGED = {
 
 @pytest.fixture(scope="module")
 def flagged_class(tmp_path_factory: pytest.TempPathFactory) -> Alone:
-    """A class of three: one printing a metric it never reached, one trained on the test set, and the clean control."""
-    return grade_alone(tmp_path_factory.mktemp("flagged"), *FLAGGED, CONTROL)
+    """A class of two: one printing a metric it never reached, one trained on the test set (the clean control,
+    graded in the corpus's run, is the clean notebook of the class)."""
+    return grade_alone(tmp_path_factory.mktemp("flagged"), *FLAGGED)
 
 
-def test_integrity_problems_are_flagged_for_the_instructor_and_hidden_from_the_student(flagged_class: Alone) -> None:
+def test_integrity_problems_are_flagged_for_the_instructor_and_hidden_from_the_student(
+    flagged_class: Alone, run: Run
+) -> None:
     assert flagged_class.returncode == 1, flagged_class.output[-3000:]
     grades = flagged_class.grades
     with open(grades / "gradebook.csv", newline="") as fh:
@@ -1080,4 +1083,9 @@ def test_integrity_problems_are_flagged_for_the_instructor_and_hidden_from_the_s
         assert record["score"] == 2.0
         page = (grades / "students" / key / "feedback.html").read_text()
         assert f"<code>{check}</code>" not in page, "the student's page does not say what was detected"
-    assert rows[CONTROL]["flags"] == "" and CONTROL not in flagged_section  # a clean notebook is not flagged
+    # A clean notebook is not flagged: the control, in the corpus's class.
+    with open(run.grades / "gradebook.csv", newline="") as fh:
+        corpus_rows = {row["submission"]: row for row in csv.DictReader(fh)}
+    corpus_index = (run.grades / "index.html").read_text()
+    corpus_flagged = corpus_index.split('id="flagged"')[1].split("</section>")[0] if 'id="flagged"' in corpus_index else ""
+    assert corpus_rows[CONTROL]["flags"] == "" and CONTROL not in corpus_flagged
