@@ -353,6 +353,7 @@ def test_a_worker_with_other_grader_code_refuses_and_the_run_goes_on(lab: Cluste
     assert len((grades / "gradebook.csv").read_text().splitlines()) == 4, proc.stdout[-2000:]
 
 
+@pytest.mark.slow  # a whole class graded again through the cluster (pytest tests/ -m slow)
 def test_ctrl_c_on_the_client_cancels_its_tasks_and_stops_their_notebooks(lab: Cluster) -> None:
     subs = _write_class(lab.base / "interrupted-class", copies=2)
     with open(lab.base / "interrupted.log", "wb") as log:
@@ -387,6 +388,7 @@ def test_ctrl_c_on_the_client_cancels_its_tasks_and_stops_their_notebooks(lab: C
     assert "KeyboardInterrupt" in _text(lab.base / "interrupted.log")
 
 
+@pytest.mark.slow  # a whole class graded again through the cluster (pytest tests/ -m slow)
 def test_a_worker_killed_mid_notebook_costs_no_grade(lab: Cluster, runs: dict[str, Any]) -> None:
     subs = runs["subs"]
     grades = lab.base / "killed"
