@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from grader.runner import sandbox
+from grader.runner.sandbox import cgroups, protections
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="cgroups are Linux's")
 
@@ -260,7 +261,7 @@ def proc_cgroup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A stand-in for /proc/self/cgroup: this process in the v2 root until a test says otherwise."""
     path = tmp_path / "proc-self-cgroup"
     path.write_text("0::/\n")
-    monkeypatch.setattr(sandbox, "PROC_SELF_CGROUP", path)
+    monkeypatch.setattr(cgroups, "PROC_SELF_CGROUP", path)
     return path
 
 
@@ -272,7 +273,7 @@ def fake_v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proc_cgroup: Path) 
     fs.make("/system.slice", "memory pids")
     fs.make("/system.slice/cron.service", procs=[1])
     fs.install(monkeypatch)
-    monkeypatch.setattr(sandbox, "CGROUP_ROOT", fs.root)
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", fs.root)
     return fs
 
 
@@ -357,7 +358,7 @@ def test_kill_all_on_v2_stops_every_process_of_the_job_group(
     fs = FakeCgroupFs(tmp_path / "cgroup", "memory pids", kill_file=kill_file)
     fs.make("/", "memory pids")
     fs.install(monkeypatch)
-    monkeypatch.setattr(sandbox, "CGROUP_ROOT", fs.root)
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", fs.root)
     with sandbox.Limits() as limits:
         children = [start_joined(limits, sleeper) for _ in range(2)]
         limits.kill_all()
@@ -417,7 +418,7 @@ def test_v1_is_still_chosen_on_a_v1_tree_with_a_hugetlb_only_v2_mount(tmp_path: 
         (root / controller / "cgroup.procs").write_text("")
     (root / "unified").mkdir()
     (root / "unified" / "cgroup.controllers").write_text("hugetlb\n")
-    monkeypatch.setattr(sandbox, "CGROUP_ROOT", root)
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", root)
     assert sandbox.hierarchy() == "v1"
     p = sandbox.probe()
     assert (p.cgroup, p.memory_cgroup, p.pids_cgroup, p.cpu_accounting) == ("v1", True, True, True)
@@ -444,13 +445,13 @@ def test_an_unwritable_tree_turns_the_limits_off_and_unmet_names_them(fake_v2: F
 
 
 def test_missing_bubblewrap_is_unmet_with_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    monkeypatch.setattr(protections.shutil, "which", lambda name: None)
     assert not sandbox.probe().bubblewrap
     assert "bubblewrap is not installed: install it (apt-get install bubblewrap, dnf install bubblewrap)" in sandbox.unmet()
 
 
 def test_bubblewrap_that_cannot_make_namespaces_is_unmet(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox.shutil, "which", lambda name: "/bin/false")
+    monkeypatch.setattr(protections.shutil, "which", lambda name: "/bin/false")
     assert not sandbox.probe().bubblewrap
     assert any(line.startswith("bubblewrap cannot create namespaces here: allow unprivileged user namespaces") for line in sandbox.unmet())
 
@@ -468,7 +469,7 @@ def test_grader_cgroup_root_sets_where_cgroups_are_looked_for(tmp_path: Path) ->
     root.mkdir()
     (root / "cgroup.controllers").write_text("memory pids\n")
     show = "from grader.runner import sandbox; print(sandbox.CGROUP_ROOT, sandbox.hierarchy())"
-    repo = Path(sandbox.__file__).resolve().parents[2]
+    repo = Path(sandbox.__file__).resolve().parents[3]
 
     def seen(value: str | None) -> str:
         env = {k: v for k, v in os.environ.items() if k != "GRADER_CGROUP_ROOT"}
@@ -489,7 +490,7 @@ def test_the_machines_v2_mount_takes_a_job_group_its_child_and_its_removal(
     root = Path("/sys/fs/cgroup/unified")
     if not (root / "cgroup.controllers").is_file() or not os.access(root, os.W_OK):
         pytest.skip(f"no writable cgroup v2 mount at {root}")
-    monkeypatch.setattr(sandbox, "CGROUP_ROOT", root)
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", root)
     parent = root / "l1l2-grader"
     parent_existed = parent.exists()
     try:
@@ -601,8 +602,8 @@ def test_v1_job_groups_are_made_under_the_graders_own_group(tmp_path: Path, monk
             (group / "cgroup.procs").write_text("")
     proc = tmp_path / "proc-self-cgroup"
     proc.write_text("9:memory:/service/grader\n8:pids:/service/grader\n2:cpu,cpuacct:/service/grader\n")
-    monkeypatch.setattr(sandbox, "CGROUP_ROOT", root)
-    monkeypatch.setattr(sandbox, "PROC_SELF_CGROUP", proc)
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", root)
+    monkeypatch.setattr(cgroups, "PROC_SELF_CGROUP", proc)
     sandbox.probe.cache_clear()
     try:
         p = sandbox.probe()

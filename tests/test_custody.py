@@ -31,6 +31,7 @@ from grader.evaluator.process import _private_copy  # noqa: E402
 from grader.grade import Grader  # noqa: E402
 from grader.records import ArrayFingerprint, FitRecord, to_jsonable  # noqa: E402
 from grader.runner import sandbox  # noqa: E402
+from grader.runner.sandbox import bubblewrap, protections  # noqa: E402
 from grader.settings import GradingConfig  # noqa: E402
 
 
@@ -283,8 +284,8 @@ def test_the_runner_sandbox_hides_the_custody_folder_and_the_evaluator_sandbox_r
     custody = Custody(job_dir)
     grader._start_runner(job_dir, custody)
     grader.evaluators.start(job_dir, timeout=1)
-    monkeypatch.setattr(sandbox, "probe", lambda: sandbox.Protections(True, False, False, ()))
-    monkeypatch.setattr(sandbox.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(protections, "probe", lambda: sandbox.Protections(True, False, False, ()))
+    monkeypatch.setattr(bubblewrap.shutil, "which", lambda name: f"/usr/bin/{name}")
     (runner_args, evaluator_args) = [sandbox.wrap(command, isolation) for command, isolation in started]
     folder = custody.folder.resolve()
 

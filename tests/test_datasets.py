@@ -1,4 +1,4 @@
-"""Tests of the offline dataset store (grader/datasets.py): Boston as StatLib serves it, CIFAR-10 as Keras loads it."""
+"""Tests of the offline dataset store (grader/datasets/): Boston as StatLib serves it, CIFAR-10 as Keras loads it."""
 
 from __future__ import annotations
 

@@ -208,6 +208,7 @@ def test_every_output_is_written_with_one_shared_mode(unsandboxed_run: tuple[sub
 def test_an_installed_grader_keeps_the_reference_hidden_from_the_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Installed, the grader's parent folder is site-packages, which the sandbox binds back whole."""
     from grader.runner import sandbox
+    from grader.runner.sandbox import bubblewrap
 
     site = tmp_path / "site-packages"
     (site / "reference" / "baselines").mkdir(parents=True)
@@ -215,8 +216,8 @@ def test_an_installed_grader_keeps_the_reference_hidden_from_the_kernel(tmp_path
     (site / "other_package").mkdir()
     job = tmp_path / "job"
     job.mkdir()
-    monkeypatch.setattr(sandbox, "_REPO_ROOT", site)
-    monkeypatch.setattr(sandbox, "_code_paths", lambda: [site])  # what it binds back: site-packages
+    monkeypatch.setattr(bubblewrap, "_REPO_ROOT", site)
+    monkeypatch.setattr(bubblewrap, "_code_paths", lambda: [site])  # what it binds back: site-packages
     command = sandbox.wrap(["/bin/ls", "-A", str(site), str(site / "reference")], sandbox.Isolation(job_dir=job))
     proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

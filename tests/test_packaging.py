@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import grader
-from grader import cli, gradescope
+from grader import cli, gradescope, gradescope_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -162,8 +162,8 @@ def test_bundle_refuses_the_full_profile(tmp_path: Path) -> None:
 def test_bundle_refuses_an_installed_grader_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     site = tmp_path / "site-packages"
     (site / "grader").mkdir(parents=True)
-    monkeypatch.setattr(gradescope, "REPO", site)
-    monkeypatch.setattr(gradescope, "PACKAGE_DIR", site / "grader")
+    monkeypatch.setattr(gradescope_bundle, "REPO", site)
+    monkeypatch.setattr(gradescope_bundle, "PACKAGE_DIR", site / "grader")
     with pytest.raises(gradescope.UsageError, match=r"installed .* requirements\.lock, bin/setup\); build the bundle in a checkout"):
         gradescope.bundle(tmp_path / "a.zip", "smoke")
     assert not (tmp_path / "a.zip").exists()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from grader.runner import sandbox
+from grader.runner.sandbox import priority
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="thread priorities are Linux's")
 
@@ -67,7 +68,7 @@ def test_a_background_child_runs_at_idle_priority_until_brought_to_the_foregroun
 
 
 def test_where_priority_cannot_be_restored_a_background_child_is_niced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox, "background_policy", lambda: "nice")
+    monkeypatch.setattr(priority, "background_policy", lambda: "nice")
     job = tmp_path / "job"
     with start_reporter(job) as run:
         wanted = f"{os.SCHED_OTHER} {sandbox.BACKGROUND_NICE}"

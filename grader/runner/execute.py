@@ -2,7 +2,7 @@
 
 Runs in the orchestrator. :func:`write_job` writes the job description, :func:`start_job` starts
 ``python -m grader.runner JOB_DIR`` (``grader/runner/process.py``, the runner process) as a separate
-process, sandboxed when the machine allows (``grader/runner/sandbox.py``), with a hard deadline, and
+process, sandboxed when the machine allows (``grader/runner/sandbox/``), with a hard deadline, and
 :func:`job_result` says how it ended once it has.
 
 Job dir layout::
