@@ -30,11 +30,11 @@ ENVIRONMENTS = [
 
 
 class _PytestConfig:
-    """As much of ``pytest.Config`` as the plugin's ``grading_config`` reads: no option given on the command line."""
+    """As much of ``pytest.Config`` as the plugin's ``GradingSession`` reads to build its ``GradingConfig``: no option
+    given on the command line."""
 
     def __init__(self, root: Path, workers: int | None = None) -> None:
         self.invocation_params = SimpleNamespace(dir=root)
-        self.stash = pytest.Stash()
         if workers is not None:
             self.workerinput = {"workercount": workers}
 
@@ -57,7 +57,7 @@ def environment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
 
 
 def plugin_config(root: Path, workers: int | None = None) -> GradingConfig:
-    return plugin.grading_config(_PytestConfig(root, workers))  # type: ignore[arg-type]
+    return plugin.GradingSession(_PytestConfig(root, workers)).grading_config  # type: ignore[arg-type]
 
 
 def selfcheck_config(root: Path, monkeypatch: pytest.MonkeyPatch) -> GradingConfig:
