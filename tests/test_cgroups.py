@@ -468,7 +468,7 @@ def test_grader_cgroup_root_sets_where_cgroups_are_looked_for(tmp_path: Path) ->
     root = tmp_path / "elsewhere"
     root.mkdir()
     (root / "cgroup.controllers").write_text("memory pids\n")
-    show = "from grader.runner import sandbox; print(sandbox.CGROUP_ROOT, sandbox.hierarchy())"
+    show = "from grader.runner import sandbox; print(sandbox.cgroups.CGROUP_ROOT, sandbox.hierarchy())"
     repo = Path(sandbox.__file__).resolve().parents[3]
 
     def seen(value: str | None) -> str:

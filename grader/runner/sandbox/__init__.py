@@ -24,6 +24,7 @@ The modules, by subject:
 This package holds the names other code uses. The modules read each other's settings and probes
 through their module (``cgroups.CGROUP_ROOT``, ``cgroups.PROC_SELF_CGROUP``, ``protections.probe``,
 ``priority.background_policy``, ``bubblewrap._code_paths``): to change one (in a test), change it there.
+The two settings are not repeated here, so a change made on the package fails instead of doing nothing.
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ from __future__ import annotations
 from grader.runner.sandbox.bubblewrap import EVALUATOR_UID, RUNNER_UID, SCRATCH_BYTES, Isolation, wrap
 from grader.runner.sandbox.cgroups import (
     CGROUP_PARENT,
-    CGROUP_ROOT,
     CGROUP_V1,
-    PROC_SELF_CGROUP,
     ContainerLimits,
     container_limits,
     hierarchy,
@@ -51,14 +50,12 @@ from grader.runner.sandbox.run import IsolatedRun, Outcome
 __all__ = [
     "BACKGROUND_NICE",
     "CGROUP_PARENT",
-    "CGROUP_ROOT",
     "CGROUP_V1",
     "DEFAULT_MEMORY_LIMIT",
     "DEFAULT_PIDS_LIMIT",
     "EVALUATOR_UID",
     "MAX_FILE_BYTES",
     "PASSTHROUGH_ENV",
-    "PROC_SELF_CGROUP",
     "RUNNER_UID",
     "SCRATCH_BYTES",
     "ContainerLimits",
